@@ -1,0 +1,76 @@
+"""The FastAPI application. uvicorn builds it with `service.api.app:create_app` (factory)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.api import errors, studies, trials
+from service.api.deps import Runtime
+from service.db.session import make_engine, make_sessionmaker
+from service.engine.storage import make_storage
+from service.settings import Settings, get_settings
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    if not settings.database_url:
+        raise RuntimeError("HPO_DATABASE_URL is not set; `hpo serve` sets it (or starts the embedded database)")
+    engine = make_engine(settings.database_url, settings)
+    return Runtime(
+        settings=settings,
+        engine=engine,
+        sessions=make_sessionmaker(engine),
+        storage=make_storage(settings.database_url, settings),
+    )
+
+
+def _document_definition_schema(app: FastAPI) -> None:
+    """The create route reads its body itself (JSON or YAML), so FastAPI cannot see the
+    StudySpec schema; add it to the OpenAPI components where the route's $ref points."""
+    from fastapi.openapi.utils import get_openapi
+
+    from service.spec import StudySpec
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            definition = StudySpec.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(definition.pop("$defs", {}))
+            components["StudySpec"] = definition
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.runtime = build_runtime(settings)
+        try:
+            yield
+        finally:
+            app.state.runtime.engine.dispose()
+
+    app = FastAPI(
+        title="hpo",
+        version="0.1.0",
+        summary="Hyperparameter optimization for PyTorch: studies in, trials out, Optuna on PostgreSQL underneath.",
+        lifespan=lifespan,
+    )
+    _document_definition_schema(app)
+    errors.install(app)
+    app.include_router(studies.router)
+    app.include_router(trials.router)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        """Liveness: the process answers. Needs no token."""
+        return {"status": "ok"}
+
+    return app

@@ -1,0 +1,103 @@
+"""Study routes, scoped to the caller's team."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
+
+from service.api.deps import RuntimeDep, TeamDep
+from service.api.schemas import Message, StudiesPublic, StudyPublic, TrialsPublic
+from service.engine import studies
+from service.errors import InvalidRequest, ServiceError
+from service.spec import StudySpec
+
+router = APIRouter(prefix="/api/v1/studies", tags=["studies"])
+
+YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
+_DEFINITION_SCHEMA = {"$ref": "#/components/schemas/StudySpec"}
+
+
+class UnsupportedMediaType(ServiceError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+def parse_definition(raw: bytes, content_type: str) -> StudySpec:
+    """The same schema whether the definition arrives as JSON or YAML."""
+    media = content_type.split(";")[0].strip().lower()
+    try:
+        if media in YAML_TYPES:
+            data: Any = yaml.safe_load(raw.decode("utf-8"))
+        elif media in ("application/json", ""):
+            data = json.loads(raw or b"null")
+        else:
+            raise UnsupportedMediaType(f"Content-Type must be application/json or application/yaml, not '{media}'")
+    except (ValueError, yaml.YAMLError) as exc:
+        raise InvalidRequest(f"body: not valid {'YAML' if media in YAML_TYPES else 'JSON'}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidRequest("body: the study definition must be a mapping (a JSON object or a YAML mapping)")
+    return StudySpec.model_validate(data)
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=StudyPublic,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _DEFINITION_SCHEMA}, "application/yaml": {"schema": _DEFINITION_SCHEMA}},
+        }
+    },
+    responses={409: {"description": "a study with this name exists"}, 422: {"description": "invalid definition"}},
+)
+async def create_study(request: Request, runtime: RuntimeDep, team: TeamDep) -> dict[str, Any]:
+    """Create a study from a definition (JSON or YAML, same schema)."""
+    spec = parse_definition(await request.body(), request.headers.get("content-type", ""))
+
+    def _create() -> dict[str, Any]:
+        with runtime.transaction() as session:
+            record = studies.create(session, runtime.storage, team, spec)
+            return studies.summary(session, runtime.storage, record)
+
+    return await run_in_threadpool(_create)
+
+
+@router.get("", response_model=StudiesPublic)
+def list_studies(runtime: RuntimeDep, team: TeamDep) -> dict[str, Any]:
+    with runtime.transaction() as session:
+        return {"studies": [studies.summary(session, runtime.storage, r) for r in studies.list_for_team(session, team)]}
+
+
+@router.get("/{name}", response_model=StudyPublic)
+def get_study(name: str, runtime: RuntimeDep, team: TeamDep) -> dict[str, Any]:
+    """Counts by state and the best trial so far."""
+    with runtime.transaction() as session:
+        return studies.summary(session, runtime.storage, studies.get(session, team, name))
+
+
+@router.get("/{name}/trials", response_model=TrialsPublic)
+def list_trials(name: str, runtime: RuntimeDep, team: TeamDep) -> dict[str, Any]:
+    with runtime.transaction() as session:
+        return {"trials": studies.trials(session, runtime.storage, studies.get(session, team, name))}
+
+
+@router.post("/{name}/stop", response_model=StudyPublic)
+def stop_study(name: str, runtime: RuntimeDep, team: TeamDep) -> dict[str, Any]:
+    """No more claims; running trials are told to prune at their next report."""
+    with runtime.transaction() as session:
+        record = studies.get(session, team, name, lock=True)
+        studies.stop(record)
+        session.flush()
+        return studies.summary(session, runtime.storage, record)
+
+
+@router.delete("/{name}", status_code=204, response_class=Response, responses={404: {"description": "no such study"}})
+def delete_study(name: str, runtime: RuntimeDep, team: TeamDep) -> Response:
+    with runtime.transaction() as session:
+        studies.delete(session, runtime.storage, studies.get(session, team, name, lock=True))
+    return Response(status_code=204)

@@ -1,0 +1,188 @@
+"""`hpo up`: the embedded database, the API and local workers in one command; `--demo` also
+submits a demo study, shows its progress and exits when it is done."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from service.cli.server import resolve_database_url
+from service.settings import get_settings
+
+console = Console()
+
+DEMO_TEAM = "demo"
+
+
+def demo_definition(name: str, n_trials: int, epochs: int) -> dict[str, Any]:
+    # The ranges are the ones ../shared/HYPERPARAMETERS.md recommends searching.
+    return {
+        "name": name,
+        "direction": "minimize",
+        "workload": {"model": "mlp", "dataset": "digits", "epochs": epochs},
+        "space": {
+            "lr": {"type": "float", "low": 1e-5, "high": 1.0, "log": True},
+            "batch_size": {"type": "int", "low": 1, "high": 1024, "log": True},
+            "dropout": {"type": "float", "low": 0.2, "high": 0.5},
+            "weight_decay": {"type": "float", "low": 1e-6, "high": 1e-2, "log": True},
+            "optimizer": {"type": "categorical", "choices": ["sgd", "adam"]},
+        },
+        "sampler": {"kind": "tpe", "seed": 0},
+        "pruner": {"kind": "median", "n_startup_trials": 5, "n_warmup_steps": 2},
+        "budget": {"n_trials": n_trials, "max_concurrent": 8},
+    }
+
+
+def _free_port(preferred: int) -> int:
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", preferred)) != 0:
+            return preferred
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, api: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if api.poll() is not None:
+            raise typer.Exit(f"the API exited with code {api.returncode}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise typer.Exit("the API did not become healthy in time")
+
+
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for p in processes:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in processes:
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def _watch(client: httpx.Client, name: str, n_trials: int) -> dict[str, Any]:
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[line]}"),
+        TimeElapsedColumn(),
+    ]
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task(name, total=n_trials, line="")
+        while True:
+            study = client.get(f"/api/v1/studies/{name}").raise_for_status().json()
+            c = study["counts"]
+            best = study["best_trial"]
+            line = (
+                f"complete {c['COMPLETE']}  pruned {c['PRUNED']}  failed {c['FAIL']}  running {c['RUNNING']}"
+                f"  best {best['value']:.4f}" if best else f"complete {c['COMPLETE']}  pruned {c['PRUNED']}  running {c['RUNNING']}"
+            )
+            progress.update(task, completed=c["COMPLETE"] + c["PRUNED"] + c["FAIL"], line=line)
+            if study["state"] != "running":
+                return study
+            time.sleep(1.0)
+
+
+def up(
+    demo: Annotated[bool, typer.Option(help="Submit a demo study, show progress, exit when done")] = False,
+    workers: Annotated[int, typer.Option(help="Local worker processes")] = 2,
+    port: Annotated[int, typer.Option(help="API port (a free one is picked if taken)")] = 8000,
+    trials: Annotated[int, typer.Option(help="Demo: number of trials")] = 24,
+    epochs: Annotated[int, typer.Option(help="Demo: epochs per trial")] = 12,
+) -> None:
+    """Run the embedded database, the API and local workers; Ctrl-C stops them.
+
+    Example: hpo up --demo
+    """
+    from service.db.session import make_engine, make_sessionmaker
+    from service.db.teams import create_token, ensure_team
+    from service.migrate import migrate
+
+    settings = get_settings()
+    # The embedded database stays up after we exit, so the printed dashboard command works.
+    db_url = resolve_database_url(settings, stop_on_exit=False)
+    console.print(f"database: [cyan]{db_url}[/]")
+    migrate(db_url, settings)
+    engine = make_engine(db_url, settings, application_name="hpo-up")
+    with make_sessionmaker(engine).begin() as session:
+        token = create_token(session, ensure_team(session, DEMO_TEAM))
+    engine.dispose()
+
+    port = _free_port(port)
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "HPO_DATABASE_URL": db_url, "HPO_PORT": str(port), "HPO_HOST": "127.0.0.1"}
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        api = subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], env={**env, "HPO_LOG_LEVEL": "warning"})
+        processes.append(api)
+        _wait_healthy(url, api)
+        console.print(f"API: [cyan]{url}[/] (OpenAPI at {url}/docs)   team token: [yellow]{token}[/]")
+        # One CPU thread per worker: on a small machine, workers then don't fight over cores.
+        worker_cmd = [sys.executable, "-m", "worker.cli", "--server", url, "--token", token]
+        if workers > 1:
+            worker_cmd += ["--threads", str(max(1, (os.cpu_count() or 1) // workers))]
+        for i in range(workers):
+            processes.append(subprocess.Popen(worker_cmd + ["--worker-id", f"local-{i}"], env=env))
+        console.print(f"{workers} local workers started")
+        if not demo:
+            console.print("running; Ctrl-C stops")
+            signal.signal(signal.SIGTERM, _interrupt)
+            try:
+                while all(p.poll() is None for p in processes):
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                pass
+            return
+        _run_demo(url, token, trials, epochs)
+    finally:
+        _stop(processes[1:])
+        _stop(processes[:1])
+    console.print("Inspect it in optuna-dashboard (same database):")
+    console.print(f"  {shlex.quote(str(dashboard_binary()))} {shlex.quote(db_url)}")
+    console.print("Stop the embedded database afterwards with: hpo down" if not settings.database_url else "")
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def dashboard_binary() -> str:
+    return os.path.join(os.path.dirname(sys.executable), "optuna-dashboard")
+
+
+def _run_demo(url: str, token: str, n_trials: int, epochs: int) -> None:
+    name = time.strftime("digits-demo-%Y%m%d-%H%M%S")
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as client:
+        client.post("/api/v1/studies", json=demo_definition(name, n_trials, epochs)).raise_for_status()
+        console.print(f"submitted study [bold]{name}[/] ({n_trials} trials, {epochs} epochs each, median pruning)")
+        started = time.monotonic()
+        study = _watch(client, name, n_trials)
+    c = study["counts"]
+    console.print(
+        f"done in {time.monotonic() - started:.0f}s: {c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed"
+    )
+    best = study["best_trial"]
+    if best:
+        console.print(f"best trial #{best['number']}: validation loss {best['value']:.4f}")
+        for k, v in best["params"].items():
+            console.print(f"  {k} = {v:.6g}" if isinstance(v, float) else f"  {k} = {v}")
+    console.print(f"Optuna study name: [bold]{study['optuna_name']}[/]")

@@ -1,0 +1,84 @@
+"""The hpo_* tables. Optuna's own tables are Optuna's business; alembic here ignores them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, MetaData, String, Text, UniqueConstraint, func
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Deterministic constraint names keep `alembic check` quiet and migrations portable.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+def _now() -> Any:
+    return mapped_column(DateTime(timezone=True), server_default=func.now(), nullable=False)
+
+
+class Team(Base):
+    __tablename__ = "hpo_teams"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    created_at: Mapped[datetime] = _now()
+
+
+class Token(Base):
+    __tablename__ = "hpo_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    team_id: Mapped[int] = mapped_column(ForeignKey("hpo_teams.id", ondelete="CASCADE"), index=True)
+    # Only a SHA-256 of the token is stored; the visible prefix lets people tell tokens apart.
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = _now()
+
+    team: Mapped[Team] = relationship(lazy="joined")
+
+
+class StudyRecord(Base):
+    """Our row for each study: its team, the full definition, and whether it was stopped.
+    Optuna keeps neither sampler nor pruner settings, so the spec here is the source for both."""
+
+    __tablename__ = "hpo_studies"
+    __table_args__ = (UniqueConstraint("team_id", "name", name="uq_hpo_studies_team_id_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    team_id: Mapped[int] = mapped_column(ForeignKey("hpo_teams.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(63))
+    optuna_name: Mapped[str] = mapped_column(String(127), unique=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    stopped: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = _now()
+
+    team: Mapped[Team] = relationship(lazy="joined")
+
+
+class Lease(Base):
+    """The current lease of a claimed trial. `lease_id` changes on every (re)claim, which is what
+    fences a zombie worker out: its calls carry an old lease_id and get 409."""
+
+    __tablename__ = "hpo_leases"
+
+    trial_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # Optuna's trial_id
+    study_id: Mapped[int] = mapped_column(ForeignKey("hpo_studies.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    lease_id: Mapped[str] = mapped_column(String(36), unique=True)
+    worker_id: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # NULL while the trial runs; set when it is finished or its lease expires.
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    outcome: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = _now()

@@ -1,0 +1,69 @@
+"""Queries on study records and leases. Callers own the transaction; nothing here commits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from service.db.models import Lease, StudyRecord
+
+
+def get_study(session: Session, team_id: int, name: str, *, lock: bool = False) -> StudyRecord | None:
+    query = select(StudyRecord).where(StudyRecord.team_id == team_id, StudyRecord.name == name)
+    if lock:
+        # Claims, stops and deletes of one study serialize on this row, across API processes.
+        query = query.with_for_update(of=StudyRecord)
+    return session.scalars(query).one_or_none()
+
+
+def lock_study(session: Session, study_id: int) -> StudyRecord | None:
+    query = select(StudyRecord).where(StudyRecord.id == study_id).with_for_update(of=StudyRecord)
+    return session.scalars(query).one_or_none()
+
+
+def list_studies(session: Session, team_id: int) -> Sequence[StudyRecord]:
+    return session.scalars(
+        select(StudyRecord).where(StudyRecord.team_id == team_id).order_by(StudyRecord.created_at, StudyRecord.id)
+    ).all()
+
+
+def lease_counts(session: Session, study_ids: Sequence[int]) -> dict[int, tuple[int, int]]:
+    """study_id -> (trials claimed so far, trials running now)."""
+    if not study_ids:
+        return {}
+    rows = session.execute(
+        select(Lease.study_id, func.count(), func.count().filter(Lease.ended_at.is_(None)))
+        .where(Lease.study_id.in_(study_ids))
+        .group_by(Lease.study_id)
+    ).all()
+    counts = {sid: (0, 0) for sid in study_ids}
+    counts.update({sid: (total, running) for sid, total, running in rows})
+    return counts
+
+
+def expired_leases(session: Session, study_id: int, now: datetime) -> Sequence[Lease]:
+    return session.scalars(
+        select(Lease)
+        .where(Lease.study_id == study_id, Lease.ended_at.is_(None), Lease.expires_at < now)
+        .with_for_update()
+    ).all()
+
+
+def running_leases(session: Session, study_id: int) -> Sequence[Lease]:
+    return session.scalars(select(Lease).where(Lease.study_id == study_id, Lease.ended_at.is_(None))).all()
+
+
+def lock_lease(session: Session, trial_id: int) -> Lease | None:
+    return session.scalars(select(Lease).where(Lease.trial_id == trial_id).with_for_update()).one_or_none()
+
+
+def workers_by_trial(session: Session, study_id: int) -> dict[int, str]:
+    return dict(session.execute(select(Lease.trial_id, Lease.worker_id).where(Lease.study_id == study_id)).all())
+
+
+def now(session: Session) -> datetime:
+    """The database's clock, so that lease expiry does not depend on API hosts agreeing on time."""
+    return session.execute(select(func.now())).scalar_one()

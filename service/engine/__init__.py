@@ -1,0 +1,1 @@
+"""The one place that talks to Optuna: storage, sampler/pruner factories, ask/report/tell, leases."""

@@ -1,0 +1,132 @@
+"""Study management: create, summarize, list trials, stop, delete. Callers own the transaction."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.db import studies as study_rows
+from service.db.models import StudyRecord, Team
+from service.engine.storage import optuna_errors, optuna_study_name
+from service.errors import Conflict, NotFound
+from service.spec import StudySpec
+
+STATES = ("RUNNING", "COMPLETE", "PRUNED", "FAIL", "WAITING")
+
+
+def spec_of(record: StudyRecord) -> StudySpec:
+    return StudySpec.model_validate(record.spec)
+
+
+def create(session: Session, storage: BaseStorage, team: Team, spec: StudySpec) -> StudyRecord:
+    if study_rows.get_study(session, team.id, spec.name) is not None:
+        raise Conflict(f"a study named '{spec.name}' already exists in team '{team.name}'")
+    record = StudyRecord(
+        team_id=team.id,
+        name=spec.name,
+        optuna_name=optuna_study_name(team.name, spec.name),
+        spec=spec.model_dump(mode="json"),
+    )
+    session.add(record)
+    try:
+        session.flush()
+    except IntegrityError as exc:  # a concurrent create of the same name won the race
+        raise Conflict(f"a study named '{spec.name}' already exists in team '{team.name}'") from exc
+    with optuna_errors():
+        study = optuna.create_study(study_name=record.optuna_name, storage=storage, direction=spec.direction)
+        # Shown in optuna-dashboard next to the study, so the definition travels with it.
+        study.set_user_attr("hpo_definition", record.spec)
+    return record
+
+
+def get(session: Session, team: Team, name: str, *, lock: bool = False) -> StudyRecord:
+    record = study_rows.get_study(session, team.id, name, lock=lock)
+    if record is None:
+        # Another team's study is indistinguishable from a missing one.
+        raise NotFound(f"no study named '{name}'")
+    return record
+
+
+def list_for_team(session: Session, team: Team) -> list[StudyRecord]:
+    return list(study_rows.list_studies(session, team.id))
+
+
+def _trials(storage: BaseStorage, record: StudyRecord) -> list[FrozenTrial]:
+    with optuna_errors():
+        study_id = storage.get_study_id_from_name(record.optuna_name)
+        return storage.get_all_trials(study_id, deepcopy=False)
+
+
+def state_of(record: StudyRecord, claimed: int, running: int) -> str:
+    if record.stopped:
+        return "stopped"
+    if claimed >= spec_of(record).budget.n_trials and running == 0:
+        return "finished"
+    return "running"
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def summary(session: Session, storage: BaseStorage, record: StudyRecord) -> dict[str, Any]:
+    spec = spec_of(record)
+    trials = _trials(storage, record)
+    counts = Counter(t.state.name for t in trials)
+    claimed, running = study_rows.lease_counts(session, [record.id])[record.id]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    best = None
+    if complete:
+        pick = min if spec.direction == "minimize" else max
+        b = pick(complete, key=lambda t: t.value)
+        best = {"number": b.number, "value": b.value, "params": b.params}
+    return {
+        "name": record.name,
+        "optuna_name": record.optuna_name,
+        "state": state_of(record, claimed, running),
+        "direction": spec.direction,
+        "n_trials": spec.budget.n_trials,
+        "counts": {s: counts.get(s, 0) for s in STATES},
+        "best_trial": best,
+        "created_at": record.created_at,
+        "definition": record.spec,
+    }
+
+
+def trials(session: Session, storage: BaseStorage, record: StudyRecord) -> list[dict[str, Any]]:
+    workers = study_rows.workers_by_trial(session, record.id)
+    return [
+        {
+            "trial_id": t._trial_id,
+            "number": t.number,
+            "state": t.state.name,
+            "value": _finite_or_none(t.value),
+            "params": t.params,
+            "intermediate_values": {int(k): _finite_or_none(v) for k, v in sorted(t.intermediate_values.items())},
+            "worker_id": workers.get(t._trial_id) or t.user_attrs.get("worker_id"),
+            "error": t.user_attrs.get("error"),
+            "datetime_start": t.datetime_start,
+            "datetime_complete": t.datetime_complete,
+        }
+        for t in _trials(storage, record)
+    ]
+
+
+def stop(record: StudyRecord) -> None:
+    record.stopped = True
+
+
+def delete(session: Session, storage: BaseStorage, record: StudyRecord) -> None:
+    with optuna_errors():
+        try:
+            storage.delete_study(storage.get_study_id_from_name(record.optuna_name))
+        except KeyError:
+            pass  # already gone from Optuna (deleted in the dashboard); remove ours anyway
+    session.delete(record)

@@ -1,0 +1,191 @@
+"""The worker protocol: claim, report, heartbeat, finish, with leases and fencing.
+
+Every function runs inside the caller's transaction. A claim locks its study's row
+(SELECT ... FOR UPDATE), so claims of one study serialize across all API processes and the
+budget checks (n_trials, max_concurrent) cannot race."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Sequence
+from datetime import timedelta
+
+import optuna
+from optuna.storages import BaseStorage
+from optuna.trial import TrialState
+from sqlalchemy.orm import Session
+
+from service.db import studies as study_rows
+from service.db.models import Lease, StudyRecord, Team
+from service.engine.factories import distributions, load_study
+from service.engine.storage import optuna_errors
+from service.engine.studies import spec_of
+from service.errors import InvalidRequest, LeaseLost, NotFound
+from service.settings import Settings
+from service.spec import Assignment, FinishState
+
+_OPTUNA_STATE = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
+
+
+def claim_candidates(session: Session, team: Team, only: Sequence[str] | None) -> list[int]:
+    """The team's studies that may have work, least busy (relative to max_concurrent) first.
+
+    Read without locks: try_claim re-checks under the study's row lock."""
+    records = [r for r in study_rows.list_studies(session, team.id) if not r.stopped]
+    if only:
+        records = [r for r in records if r.name in set(only)]
+    counts = study_rows.lease_counts(session, [r.id for r in records])
+    ranked = []
+    for r in records:
+        budget = spec_of(r).budget
+        claimed, running = counts[r.id]
+        # Expired leases still count as running here; try_claim reaps them under the lock.
+        if claimed < budget.n_trials:
+            ranked.append((running / budget.max_concurrent, r.id))
+    return [sid for _, sid in sorted(ranked)]
+
+
+def reap_expired(session: Session, storage: BaseStorage, record: StudyRecord) -> int:
+    """Fail the trials of workers that went silent for a whole lease."""
+    expired = study_rows.expired_leases(session, record.id, study_rows.now(session))
+    for lease in expired:
+        _end(session, storage, record, lease, "failed", None, "lease expired: the worker stopped heartbeating")
+    return len(expired)
+
+
+def try_claim(
+    session: Session, storage: BaseStorage, study_id: int, worker_id: str, settings: Settings
+) -> Assignment | None:
+    record = study_rows.lock_study(session, study_id)
+    if record is None or record.stopped:
+        return None
+    spec = spec_of(record)
+    reap_expired(session, storage, record)
+    claimed, running = study_rows.lease_counts(session, [record.id])[record.id]
+    if claimed >= spec.budget.n_trials or running >= spec.budget.max_concurrent:
+        return None
+    with optuna_errors():
+        study = load_study(storage, record.optuna_name, spec, n_claimed=claimed)
+        trial = study.ask(fixed_distributions=distributions(spec))
+        trial.set_user_attr("worker_id", worker_id)
+    lease = Lease(
+        trial_id=trial._trial_id,
+        study_id=record.id,
+        number=trial.number,
+        lease_id=str(uuid.uuid4()),
+        worker_id=worker_id,
+        expires_at=study_rows.now(session) + timedelta(seconds=settings.lease_seconds),
+    )
+    session.add(lease)
+    session.flush()
+    return Assignment(
+        trial_id=lease.trial_id,
+        lease_id=lease.lease_id,
+        study=record.name,
+        number=trial.number,
+        params=trial.params,
+        workload=spec.workload,
+        lease_seconds=settings.lease_seconds,
+        heartbeat_seconds=settings.heartbeat_seconds,
+        direction=spec.direction,
+    )
+
+
+def _current_lease(session: Session, team: Team, trial_id: int, lease_id: str) -> tuple[Lease, StudyRecord]:
+    lease = study_rows.lock_lease(session, trial_id)
+    record = session.get(StudyRecord, lease.study_id) if lease else None
+    if lease is None or record is None or record.team_id != team.id:
+        raise NotFound(f"no trial with id {trial_id}")
+    if lease.lease_id != lease_id:
+        raise LeaseLost(f"lease {lease_id} is not the current lease of trial {trial_id}")
+    return lease, record
+
+
+def _extend(session: Session, lease: Lease, settings: Settings) -> None:
+    lease.expires_at = study_rows.now(session) + timedelta(seconds=settings.lease_seconds)
+
+
+def _live_lease(session: Session, team: Team, trial_id: int, lease_id: str) -> tuple[Lease, StudyRecord]:
+    lease, record = _current_lease(session, team, trial_id, lease_id)
+    if lease.ended_at is not None:
+        raise LeaseLost(f"trial {trial_id} already ended ({lease.outcome}); its lease is no longer valid")
+    return lease, record
+
+
+def heartbeat(session: Session, team: Team, trial_id: int, lease_id: str, settings: Settings) -> Lease:
+    lease, _ = _live_lease(session, team, trial_id, lease_id)
+    _extend(session, lease, settings)
+    return lease
+
+
+def report(
+    session: Session,
+    storage: BaseStorage,
+    team: Team,
+    trial_id: int,
+    lease_id: str,
+    step: int,
+    value: float,
+    settings: Settings,
+) -> bool:
+    """Record an intermediate value and answer whether the trial should stop.
+
+    Reporting the same step twice keeps the first value (Optuna ignores the repeat)."""
+    lease, record = _live_lease(session, team, trial_id, lease_id)
+    _extend(session, lease, settings)
+    spec = spec_of(record)
+    with optuna_errors():
+        study = load_study(storage, record.optuna_name, spec)
+        trial = optuna.trial.Trial(study, trial_id)
+        trial.report(value, step)
+        if record.stopped:
+            return True  # a stopped study lets its running trials go at their next report
+        return trial.should_prune()
+
+
+def finish(
+    session: Session,
+    storage: BaseStorage,
+    team: Team,
+    trial_id: int,
+    lease_id: str,
+    state: FinishState,
+    value: float | None,
+    error: str | None,
+) -> str:
+    lease, record = _current_lease(session, team, trial_id, lease_id)
+    if lease.ended_at is not None:
+        if lease.outcome == state:
+            return state  # a repeated finish (a retry after a lost response) is harmless
+        raise LeaseLost(f"trial {trial_id} already ended as {lease.outcome}, not {state}")
+    if state == "complete" and (value is None or not math.isfinite(value)):
+        raise InvalidRequest("value: a complete trial needs a finite objective value")
+    _end(session, storage, record, lease, state, value, error)
+    return state
+
+
+def _end(
+    session: Session,
+    storage: BaseStorage,
+    record: StudyRecord,
+    lease: Lease,
+    state: FinishState,
+    value: float | None,
+    error: str | None,
+) -> None:
+    spec = spec_of(record)
+    with optuna_errors():
+        study = load_study(storage, record.optuna_name, spec)
+        trial = optuna.trial.Trial(study, lease.trial_id)
+        if error:
+            trial.set_user_attr("error", error[:2000])
+        study.tell(
+            trial,
+            value if state == "complete" else None,
+            state=_OPTUNA_STATE[state],
+            skip_if_finished=True,
+        )
+    lease.ended_at = study_rows.now(session)
+    lease.outcome = state
+    lease.error = error

@@ -1,0 +1,44 @@
+"""One error hierarchy; each class carries its HTTP status. The API renders them in one handler
+as {"error": code, "detail": message}."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class Unauthorized(ServiceError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class NotFound(ServiceError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(ServiceError):
+    status_code = 409
+    code = "conflict"
+
+
+class LeaseLost(Conflict):
+    """The caller's lease is not the trial's current lease: fencing for zombie workers."""
+
+    code = "lease_lost"
+
+
+class InvalidRequest(ServiceError):
+    status_code = 422
+    code = "invalid_request"
+
+
+class Unavailable(ServiceError):
+    status_code = 503
+    code = "unavailable"

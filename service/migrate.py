@@ -1,0 +1,59 @@
+"""`hpo migrate`: create or upgrade Optuna's schema and ours, under one advisory lock so that
+two processes (two compose replicas, a deploy racing a CLI) can run it at the same time."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import optuna
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import text
+
+from service.db.session import make_engine
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Any fixed 64-bit number; it only has to be the same in every process that migrates.
+MIGRATE_LOCK_KEY = 0x68706F5F6D6967  # "hpo_mig"
+
+
+def alembic_config() -> Config:
+    import migrations
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    return cfg
+
+
+def _migrate_optuna(url: str, settings: Settings) -> None:
+    # Constructing RDBStorage creates missing tables and stamps Optuna's own alembic version.
+    storage = optuna.storages.RDBStorage(url, skip_compatibility_check=True, engine_kwargs={"pool_size": 1})
+    try:
+        if storage.get_current_version() != storage.get_head_version():
+            log.info("upgrading Optuna's schema from %s", storage.get_current_version())
+            storage.upgrade()
+    finally:
+        storage.remove_session()
+        storage.engine.dispose()
+
+
+def migrate(url: str, settings: Settings) -> None:
+    engine = make_engine(url, settings, application_name="hpo-migrate")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATE_LOCK_KEY})
+            conn.commit()
+            try:
+                _migrate_optuna(url, settings)
+                cfg = alembic_config()
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+                conn.commit()
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATE_LOCK_KEY})
+                conn.commit()
+    finally:
+        engine.dispose()

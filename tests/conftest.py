@@ -1,0 +1,192 @@
+"""Fixtures on a real PostgreSQL: the local server at 127.0.0.1:5432 when it answers (as on the
+development and CI machines), otherwise an embedded one (pgserver). Each test session works in
+its own freshly created databases and drops them afterwards."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from service.settings import Settings, normalize_database_url
+
+BIN = Path(sys.executable).parent
+LOCAL_PG = os.environ.get("HPO_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _admin_url() -> tuple[str, object | None]:
+    try:
+        psycopg.connect(LOCAL_PG, connect_timeout=3).close()
+        return LOCAL_PG, None
+    except psycopg.OperationalError:
+        import pgserver
+
+        server = pgserver.get_server(tempfile.mkdtemp(prefix="hpo-test-pg-"), cleanup_mode="delete")
+        return server.get_uri().replace("postgres:@", "postgres@", 1), server
+
+
+@pytest.fixture(scope="session")
+def admin_url() -> Iterator[str]:
+    url, server = _admin_url()
+    yield url
+    if server is not None:
+        server.cleanup()  # type: ignore[attr-defined]
+
+
+def _with_database(url: str, name: str) -> str:
+    base, _, query = url.partition("?")
+    base = base.rsplit("/", 1)[0] + "/" + name
+    return normalize_database_url(base + ("?" + query if query else ""))
+
+
+@pytest.fixture(scope="session")
+def new_database(admin_url: str) -> Iterator[Callable[[], str]]:
+    """Makes empty databases; all of them are dropped at the end of the session."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"hpo_test_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        made.append(name)
+        return _with_database(admin_url, name)
+
+    yield make
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        for name in made:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def db_url(new_database: Callable[[], str]) -> str:
+    """One migrated database shared by the session; tests isolate themselves by team."""
+    from service.migrate import migrate
+
+    url = new_database()
+    migrate(url, Settings(database_url=url))
+    return url
+
+
+@pytest.fixture(scope="session")
+def settings(db_url: str) -> Settings:
+    return Settings(database_url=db_url, lease_seconds=30, heartbeat_seconds=1)
+
+
+@pytest.fixture(scope="session")
+def make_token(db_url: str, settings: Settings) -> Iterator[Callable[[str], str]]:
+    from service.db.session import make_engine, make_sessionmaker
+    from service.db.teams import create_token, ensure_team
+
+    engine = make_engine(db_url, settings, application_name="hpo-tests")
+    sessions = make_sessionmaker(engine)
+
+    def make(team: str) -> str:
+        with sessions.begin() as session:
+            return create_token(session, ensure_team(session, team))
+
+    yield make
+    engine.dispose()
+
+
+@pytest.fixture
+def team() -> str:
+    """A team name unique to the test, so tests sharing the database never see each other."""
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """A real `hpo serve` (uvicorn) process."""
+
+    def __init__(self, db_url: str, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "HPO_DATABASE_URL": db_url,
+            "HPO_PORT": str(self.port),
+            "HPO_HOST": "127.0.0.1",
+            "HPO_LOG_LEVEL": "warning",
+            **env,
+        }
+        self.process = subprocess.Popen([str(BIN / "hpo"), "serve"], env=self.env)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, "hpo serve exited during start-up"
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError("hpo serve did not become healthy")
+
+    def client(self, token: str) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+@pytest.fixture(scope="session")
+def live_server(db_url: str) -> Iterator[LiveServer]:
+    server = LiveServer(db_url, HPO_HEARTBEAT_SECONDS="1", HPO_LEASE_SECONDS="30")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def api(settings: Settings) -> Iterator[object]:
+    """The app in-process (real PostgreSQL), for the many small API checks."""
+    from fastapi.testclient import TestClient
+
+    from service.api.app import create_app
+
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+def start_worker(server_url: str, token: str, *args: str) -> subprocess.Popen[bytes]:
+    """A real `hpo worker` process."""
+    return subprocess.Popen(
+        [str(BIN / "hpo"), "worker", "--server", server_url, "--token", token, "--threads", "1", *args],
+        env={**os.environ},
+    )
+
+
+def digits_definition(name: str, **overrides: object) -> dict[str, object]:
+    definition: dict[str, object] = {
+        "name": name,
+        "direction": "minimize",
+        "workload": {"model": "mlp", "dataset": "digits", "epochs": 3},
+        "space": {
+            "lr": {"type": "float", "low": 1e-5, "high": 1.0, "log": True},
+            "batch_size": {"type": "int", "low": 16, "high": 1024, "log": True},
+            "dropout": {"type": "float", "low": 0.2, "high": 0.5},
+            "weight_decay": {"type": "float", "low": 1e-6, "high": 1e-2, "log": True},
+            "optimizer": {"type": "categorical", "choices": ["sgd", "adam"]},
+        },
+        "sampler": {"kind": "random", "seed": 1},
+        "pruner": {"kind": "median", "n_startup_trials": 2, "n_warmup_steps": 0},
+        "budget": {"n_trials": 4, "max_concurrent": 4},
+    }
+    definition.update(overrides)
+    return definition
