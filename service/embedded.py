@@ -3,9 +3,19 @@ quickstart runs the same SQL as production."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from service.settings import normalize_database_url
+
+
+def _import_pgserver():  # type: ignore[no-untyped-def]
+    # pgserver asks platformdirs for a runtime dir at import; without XDG_RUNTIME_DIR (containers,
+    # CI) that warns about a fallback that is fine for its lock file.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver
+    return pgserver
 
 
 def start_embedded(data_dir: Path, *, stop_on_exit: bool = True) -> str:
@@ -13,8 +23,7 @@ def start_embedded(data_dir: Path, *, stop_on_exit: bool = True) -> str:
 
     stop_on_exit=False leaves it running after this process ends, so the printed
     `optuna-dashboard` command keeps working after the quickstart exits."""
-    import pgserver
-
+    pgserver = _import_pgserver()
     data_dir.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(data_dir / "postgres", cleanup_mode="stop" if stop_on_exit else None)
     uri = server.get_uri()
@@ -23,8 +32,7 @@ def start_embedded(data_dir: Path, *, stop_on_exit: bool = True) -> str:
 
 
 def stop_embedded(data_dir: Path) -> bool:
-    import pgserver
-
+    pgserver = _import_pgserver()
     pgdata = data_dir / "postgres"
     if not (pgdata / "postmaster.pid").exists():
         return False

@@ -106,8 +106,8 @@ def up(
     demo: Annotated[bool, typer.Option(help="Submit a demo study, show progress, exit when done")] = False,
     workers: Annotated[int, typer.Option(help="Local worker processes")] = 2,
     port: Annotated[int, typer.Option(help="API port (a free one is picked if taken)")] = 8000,
-    trials: Annotated[int, typer.Option(help="Demo: number of trials")] = 24,
-    epochs: Annotated[int, typer.Option(help="Demo: epochs per trial")] = 12,
+    trials: Annotated[int, typer.Option(help="Demo: number of trials")] = 40,
+    epochs: Annotated[int, typer.Option(help="Demo: epochs per trial")] = 15,
 ) -> None:
     """Run the embedded database, the API and local workers; Ctrl-C stops them.
 
@@ -131,8 +131,20 @@ def up(
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "HPO_DATABASE_URL": db_url, "HPO_PORT": str(port), "HPO_HOST": "127.0.0.1"}
     processes: list[subprocess.Popen[bytes]] = []
+    # In the demo the progress bar owns the terminal; the processes log to files instead.
+    logs = settings.data_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+
+    def output(name: str) -> Any:
+        return open(logs / f"{name}.log", "ab") if demo else None
+
     try:
-        api = subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], env={**env, "HPO_LOG_LEVEL": "warning"})
+        api = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve"],
+            env={**env, "HPO_LOG_LEVEL": "warning"},
+            stdout=output("api"),
+            stderr=subprocess.STDOUT if demo else None,
+        )
         processes.append(api)
         _wait_healthy(url, api)
         console.print(f"API: [cyan]{url}[/] (OpenAPI at {url}/docs)   team token: [yellow]{token}[/]")
@@ -141,8 +153,15 @@ def up(
         if workers > 1:
             worker_cmd += ["--threads", str(max(1, (os.cpu_count() or 1) // workers))]
         for i in range(workers):
-            processes.append(subprocess.Popen(worker_cmd + ["--worker-id", f"local-{i}"], env=env))
-        console.print(f"{workers} local workers started")
+            processes.append(
+                subprocess.Popen(
+                    worker_cmd + ["--worker-id", f"local-{i}"],
+                    env=env,
+                    stdout=output(f"worker-{i}"),
+                    stderr=subprocess.STDOUT if demo else None,
+                )
+            )
+        console.print(f"{workers} local workers started" + (f" (logs in {logs}/)" if demo else ""))
         if not demo:
             console.print("running; Ctrl-C stops")
             signal.signal(signal.SIGTERM, _interrupt)
@@ -157,8 +176,9 @@ def up(
         _stop(processes[1:])
         _stop(processes[:1])
     console.print("Inspect it in optuna-dashboard (same database):")
-    console.print(f"  {shlex.quote(str(dashboard_binary()))} {shlex.quote(db_url)}")
-    console.print("Stop the embedded database afterwards with: hpo down" if not settings.database_url else "")
+    console.print(f"  {shlex.quote(dashboard_binary())} {shlex.quote(db_url)}", soft_wrap=True, highlight=False)
+    if not settings.database_url:
+        console.print("The embedded database keeps running for that; stop it with: hpo down")
 
 
 def _interrupt(*_: object) -> None:
