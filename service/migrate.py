@@ -9,6 +9,8 @@ from pathlib import Path
 import optuna
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
 from service.db.session import make_engine
@@ -57,3 +59,20 @@ def migrate(url: str, settings: Settings) -> None:
                 conn.commit()
     finally:
         engine.dispose()
+
+
+def pending_migrations(url: str, settings: Settings) -> str | None:
+    """None when both schemas are current; otherwise what is missing, for a clear error."""
+    engine = make_engine(url, settings, application_name="hpo-schema-check")
+    try:
+        with engine.connect() as conn:
+            ours = MigrationContext.configure(conn, opts={"version_table": "hpo_alembic_version"}).get_current_heads()
+            theirs = MigrationContext.configure(conn).get_current_heads()
+    finally:
+        engine.dispose()
+    head = ScriptDirectory.from_config(alembic_config()).get_heads()
+    if set(ours) != set(head):
+        return f"the hpo_* tables are at {list(ours) or 'nothing'}, not {head}"
+    if not theirs:
+        return "Optuna's tables do not exist"
+    return None

@@ -22,6 +22,25 @@ def wait_for(predicate: Any, timeout: float, message: str) -> None:
     raise AssertionError(message)
 
 
+def long_running(name: str) -> dict[str, Any]:
+    """One trial of many epochs: still training whenever the test acts."""
+    return digits_definition(
+        name,
+        workload={"model": "mlp", "dataset": "digits", "epochs": 500, "batch_size": 16},
+        space={"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
+        pruner={"kind": "none"},
+        budget={"n_trials": 1, "max_concurrent": 1},
+    )
+
+
+def wait_until_training(c: httpx.Client, name: str) -> None:
+    def training() -> bool:
+        trials = c.get(f"/api/v1/studies/{name}/trials").json()["trials"]
+        return bool(trials) and len(trials[0]["intermediate_values"]) >= 1
+
+    wait_for(training, 120, "the worker never reported an epoch")
+
+
 def test_sixteen_trials_two_workers(live_server: LiveServer, make_token: Any, team: str, db_url: str) -> None:
     token = make_token(team)
     definition = digits_definition(
@@ -67,22 +86,11 @@ def test_sixteen_trials_two_workers(live_server: LiveServer, make_token: Any, te
 
 def test_sigterm_finishes_the_trial_and_exits_zero(live_server: LiveServer, make_token: Any, team: str, db_url: str) -> None:
     token = make_token(team)
-    definition = digits_definition(
-        "sigterm",
-        workload={"model": "mlp", "dataset": "digits", "epochs": 500, "batch_size": 16},
-        space={"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
-        pruner={"kind": "none"},
-        budget={"n_trials": 1, "max_concurrent": 1},
-    )
     with live_server.client(token) as c:
-        assert c.post("/api/v1/studies", json=definition).status_code == 201
+        assert c.post("/api/v1/studies", json=long_running("sigterm")).status_code == 201
         worker = start_worker(live_server.url, token)
         try:
-            def training() -> bool:
-                trials = c.get("/api/v1/studies/sigterm/trials").json()["trials"]
-                return bool(trials) and len(trials[0]["intermediate_values"]) >= 1
-
-            wait_for(training, 120, "the worker never reported an epoch")
+            wait_until_training(c, "sigterm")
             worker.send_signal(signal.SIGTERM)
             assert worker.wait(timeout=60) == 0
         finally:
@@ -145,3 +153,21 @@ def test_an_exception_in_a_trial_fails_that_trial_only(
     assert len(calls) == 2
     assert [t["state"] for t in trials] == ["FAIL", "FAIL"]
     assert all("illegal memory access" in t["error"] for t in trials)
+
+
+def test_deleting_a_study_mid_trial_lets_the_worker_move_on(live_server: LiveServer, make_token: Any, team: str) -> None:
+    token = make_token(team)
+    with live_server.client(token) as c:
+        assert c.post("/api/v1/studies", json=long_running("doomed")).status_code == 201
+        worker = start_worker(live_server.url, token, "--exit-when-idle", "4")
+        try:
+            wait_until_training(c, "doomed")
+            assert c.delete("/api/v1/studies/doomed").status_code == 204
+            # The same worker picks up the next study's work once the deleted one answers 404.
+            c.post("/api/v1/studies", json=digits_definition("next", budget={"n_trials": 2, "max_concurrent": 1}))
+            assert worker.wait(timeout=120) == 0
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+        trials = c.get("/api/v1/studies/next/trials").json()["trials"]
+    assert len(trials) == 2 and all(t["state"] in ("COMPLETE", "PRUNED") for t in trials), trials

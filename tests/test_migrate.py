@@ -52,3 +52,10 @@ def test_two_migrations_at_once(new_database: Callable[[], str]) -> None:
         assert p.returncode == 0, err
     check = run(str(BIN / "alembic"), "check", url=url)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_serve_refuses_an_unmigrated_database(new_database: Callable[[], str]) -> None:
+    url = new_database()
+    result = run(str(BIN / "hpo"), "serve", "--port", "1", url=url)
+    assert result.returncode == 2
+    assert "hpo migrate" in result.stderr

@@ -22,7 +22,8 @@ class ServiceError(Exception):
 
 
 class LeaseLost(ServiceError):
-    """409: this worker no longer holds the trial (it expired, or the trial was retried)."""
+    """The trial is no longer this worker's: 409 (its lease expired, or the trial was retried or
+    finished) or 404/410 (its study was deleted)."""
 
 
 class ServiceClient:
@@ -60,18 +61,23 @@ class ServiceClient:
             return None
         return Assignment.model_validate(response.json())
 
+    def _trial_call(self, a: Assignment, call: str, body: dict[str, Any]) -> httpx.Response:
+        try:
+            return self._post(f"/api/v1/trials/{a.trial_id}/{call}", {"lease_id": a.lease_id, **body})
+        except ServiceError as exc:
+            if exc.status in (404, 410):
+                raise LeaseLost(exc.status, exc.detail) from exc
+            raise
+
     def report(self, a: Assignment, step: int, value: float) -> bool:
-        response = self._post(f"/api/v1/trials/{a.trial_id}/report", {"lease_id": a.lease_id, "step": step, "value": value})
+        response = self._trial_call(a, "report", {"step": step, "value": value})
         return bool(response.json()["prune"])
 
     def heartbeat(self, a: Assignment) -> None:
-        self._post(f"/api/v1/trials/{a.trial_id}/heartbeat", {"lease_id": a.lease_id})
+        self._trial_call(a, "heartbeat", {})
 
     def finish(self, a: Assignment, state: FinishState, value: float | None = None, error: str | None = None) -> None:
-        self._post(
-            f"/api/v1/trials/{a.trial_id}/finish",
-            {"lease_id": a.lease_id, "state": state, "value": value, "error": error},
-        )
+        self._trial_call(a, "finish", {"state": state, "value": value, "error": error})
 
 
 def _checked(response: httpx.Response) -> httpx.Response:

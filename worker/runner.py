@@ -76,7 +76,11 @@ class Runner:
         backoff = 0.5
         idle_since = time.monotonic()
         while not self.stop.is_set() and (max_trials is None or done < max_trials):
-            assignment = self.client.claim(self.worker_id, self.studies)
+            try:
+                assignment = self.client.claim(self.worker_id, self.studies)
+            except Exception as exc:  # the service is away or refuses: wait and ask again
+                log.warning("claim failed: %s", exc)
+                assignment = None
             if assignment is None:
                 if exit_when_idle is not None and time.monotonic() - idle_since > exit_when_idle:
                     break
@@ -85,7 +89,10 @@ class Runner:
                 backoff = min(backoff * 2, self.max_idle_backoff)
                 continue
             backoff = 0.5
-            self.run_trial(assignment)
+            try:
+                self.run_trial(assignment)
+            except Exception as exc:  # e.g. the finish could not be delivered: the lease will expire
+                log.error("trial %s#%d could not be finished: %s", assignment.study, assignment.number, exc)
             done += 1
             idle_since = time.monotonic()
         return done

@@ -42,10 +42,17 @@ def serve(
     """
     import uvicorn
 
+    from service.migrate import pending_migrations
+
     settings = get_settings()
+    url = resolve_database_url(settings)
+    missing = pending_migrations(url, settings)
+    if missing:
+        typer.echo(f"error: the database needs `hpo migrate` first: {missing}", err=True)
+        raise typer.Exit(2)
     # The uvicorn processes build their own Settings from the environment; hand them the URL
     # of the embedded database when that is what we use.
-    os.environ["HPO_DATABASE_URL"] = resolve_database_url(settings)
+    os.environ["HPO_DATABASE_URL"] = url
     uvicorn.run(
         "service.api.app:create_app",
         factory=True,

@@ -177,15 +177,13 @@ def _end(
     spec = spec_of(record)
     with optuna_errors():
         study = load_study(storage, record.optuna_name, spec)
-        trial = optuna.trial.Trial(study, lease.trial_id)
-        if error:
-            trial.set_user_attr("error", error[:2000])
-        study.tell(
-            trial,
-            value if state == "complete" else None,
-            state=_OPTUNA_STATE[state],
-            skip_if_finished=True,
-        )
+        # Someone may have finished it already (optuna-dashboard can "tell"); then only the
+        # lease ends here, and Optuna's record stays as it is.
+        if not storage.get_trial(lease.trial_id).state.is_finished():
+            trial = optuna.trial.Trial(study, lease.trial_id)
+            if error:
+                trial.set_user_attr("error", error[:2000])
+            study.tell(trial, value if state == "complete" else None, state=_OPTUNA_STATE[state], skip_if_finished=True)
     lease.ended_at = study_rows.now(session)
     lease.outcome = state
     lease.error = error
