@@ -23,8 +23,8 @@ def pick_device(requested: str | None) -> str:
 
 @app.command()
 def worker(
-    server: Annotated[Optional[str], typer.Option(help="Service URL [env HPO_SERVER_URL]")] = None,
-    token: Annotated[Optional[str], typer.Option(help="Team token [env HPO_TOKEN]")] = None,
+    server: Annotated[Optional[str], typer.Option(help="Service URL (env HPO_SERVER_URL)")] = None,
+    token: Annotated[Optional[str], typer.Option(help="Team token (env HPO_TOKEN)")] = None,
     device: Annotated[Optional[str], typer.Option(help="cuda, cuda:1, cpu ... (default: cuda if available)")] = None,
     worker_id: Annotated[Optional[str], typer.Option(help="Stable id shown on trials (default host-pid)")] = None,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (default: torch's choice)")] = None,

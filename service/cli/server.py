@@ -32,9 +32,9 @@ def migrate() -> None:
 
 
 def serve(
-    host: Annotated[Optional[str], typer.Option(help="Bind address [env HPO_HOST]")] = None,
-    port: Annotated[Optional[int], typer.Option(help="Port [env HPO_PORT]")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="uvicorn processes [env HPO_API_WORKERS]")] = None,
+    host: Annotated[Optional[str], typer.Option(help="Bind address (env HPO_HOST)")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port (env HPO_PORT)")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="uvicorn processes (env HPO_API_WORKERS)")] = None,
 ) -> None:
     """Run the REST API (run `hpo migrate` first).
 
