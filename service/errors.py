@@ -34,11 +34,11 @@ class LeaseLost(Conflict):
     code = "lease_lost"
 
 
+class UnsupportedMediaType(ServiceError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
 class InvalidRequest(ServiceError):
     status_code = 422
     code = "invalid_request"
-
-
-class Unavailable(ServiceError):
-    status_code = 503
-    code = "unavailable"

@@ -236,13 +236,6 @@ class StudySpec(_Strict):
                     raise ValueError(f"space.{name}: the grid sampler needs a step on float parameters (or a categorical)")
         return self
 
-    def fixed_params(self) -> dict[str, Any]:
-        """Every hyperparameter of the workload that is not searched, defaults filled in."""
-        rules = WORKLOAD_PARAMS[self.workload.model]
-        values = {name: rule.default for name, rule in rules.items() if name not in self.space}
-        values.update(self.workload.fixed)
-        return values
-
 
 def _check_param_against_rule(where: str, param: Any, rule: ParamRule) -> None:
     if rule.kind == "categorical":

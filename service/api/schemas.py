@@ -79,7 +79,3 @@ class FinishResponse(BaseModel):
 
 class HeartbeatResponse(BaseModel):
     lease_seconds: float
-
-
-class Message(BaseModel):
-    status: str

@@ -10,20 +10,15 @@ from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from service.api.deps import RuntimeDep, TeamDep
-from service.api.schemas import Message, StudiesPublic, StudyPublic, TrialsPublic
+from service.api.schemas import StudiesPublic, StudyPublic, TrialsPublic
 from service.engine import studies
-from service.errors import InvalidRequest, ServiceError
+from service.errors import InvalidRequest, UnsupportedMediaType
 from service.spec import StudySpec
 
 router = APIRouter(prefix="/api/v1/studies", tags=["studies"])
 
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
 _DEFINITION_SCHEMA = {"$ref": "#/components/schemas/StudySpec"}
-
-
-class UnsupportedMediaType(ServiceError):
-    status_code = 415
-    code = "unsupported_media_type"
 
 
 def parse_definition(raw: bytes, content_type: str) -> StudySpec:

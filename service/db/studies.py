@@ -52,10 +52,6 @@ def expired_leases(session: Session, study_id: int, now: datetime) -> Sequence[L
     ).all()
 
 
-def running_leases(session: Session, study_id: int) -> Sequence[Lease]:
-    return session.scalars(select(Lease).where(Lease.study_id == study_id, Lease.ended_at.is_(None))).all()
-
-
 def lock_lease(session: Session, trial_id: int) -> Lease | None:
     return session.scalars(select(Lease).where(Lease.trial_id == trial_id).with_for_update()).one_or_none()
 
