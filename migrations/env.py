@@ -10,9 +10,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-from service.db.models import Base
-
-VERSION_TABLE = "hpo_alembic_version"
+from service.db.models import ALEMBIC_VERSION_TABLE, Base
 
 
 def _ours(name: str | None, type_: str, *_: object) -> bool:
@@ -30,7 +28,7 @@ def _configure(connection: object) -> None:
     context.configure(
         connection=connection,
         target_metadata=Base.metadata,
-        version_table=VERSION_TABLE,
+        version_table=ALEMBIC_VERSION_TABLE,
         include_name=_ours,
         include_object=_include_object,
         compare_type=True,

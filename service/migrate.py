@@ -13,6 +13,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
+from service.db.models import ALEMBIC_VERSION_TABLE
 from service.db.session import make_engine
 from service.settings import Settings
 
@@ -66,7 +67,7 @@ def pending_migrations(url: str, settings: Settings) -> str | None:
     engine = make_engine(url, settings, application_name="hpo-schema-check")
     try:
         with engine.connect() as conn:
-            ours = MigrationContext.configure(conn, opts={"version_table": "hpo_alembic_version"}).get_current_heads()
+            ours = MigrationContext.configure(conn, opts={"version_table": ALEMBIC_VERSION_TABLE}).get_current_heads()
             theirs = MigrationContext.configure(conn).get_current_heads()
     finally:
         engine.dispose()

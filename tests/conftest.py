@@ -172,6 +172,22 @@ def start_worker(server_url: str, token: str, *args: str) -> subprocess.Popen[by
     )
 
 
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def run_with_database(*cmd: str, url: str) -> subprocess.CompletedProcess[str]:
+    """A command (hpo, alembic) run from the repository root against the database at `url`."""
+    return subprocess.run(
+        cmd,
+        cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, "HPO_DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
 def digits_definition(name: str, **overrides: object) -> dict[str, object]:
     definition: dict[str, object] = {
         "name": name,

@@ -11,11 +11,7 @@ import psycopg
 import pytest
 import yaml
 
-from tests.conftest import digits_definition
-
-
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+from tests.conftest import auth, digits_definition
 
 
 def stored_state(db_url: str) -> tuple[int, int]:

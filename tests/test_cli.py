@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from typing import Any
 
-from tests.conftest import BIN
+from tests.conftest import BIN, run_with_database
 
 
 def hpo(*args: str, db_url: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HPO_DATABASE_URL": db_url}
-    return subprocess.run([str(BIN / "hpo"), *args], env=env, capture_output=True, text=True, timeout=120)
+    return run_with_database(str(BIN / "hpo"), *args, url=db_url)
 
 
 def test_token_create_gives_a_working_team_token(api: Any, db_url: str, team: str) -> None:

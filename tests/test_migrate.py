@@ -6,20 +6,12 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Callable
-from pathlib import Path
 
 import optuna
 import psycopg
 
 from tests.conftest import BIN
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def run(*cmd: str, url: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        cmd, cwd=ROOT, env={**os.environ, "HPO_DATABASE_URL": url}, capture_output=True, text=True, timeout=180
-    )
+from tests.conftest import run_with_database as run
 
 
 def test_migrate_twice_then_alembic_check_is_clean(new_database: Callable[[], str]) -> None:

@@ -11,11 +11,7 @@ from fastapi.testclient import TestClient
 
 from service.api.app import create_app
 from service.settings import Settings
-from tests.conftest import digits_definition
-
-
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+from tests.conftest import auth, digits_definition
 
 
 def claim(api: Any, token: str, **body: Any) -> Any:

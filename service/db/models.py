@@ -18,6 +18,10 @@ NAMING = {
 }
 
 
+# Our alembic history's own version table; Optuna's alembic keeps `alembic_version`.
+ALEMBIC_VERSION_TABLE = "hpo_alembic_version"
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 

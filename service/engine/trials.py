@@ -174,12 +174,11 @@ def _end(
     value: float | None,
     error: str | None,
 ) -> None:
-    spec = spec_of(record)
     with optuna_errors():
-        study = load_study(storage, record.optuna_name, spec)
         # Someone may have finished it already (optuna-dashboard can "tell"); then only the
         # lease ends here, and Optuna's record stays as it is.
         if not storage.get_trial(lease.trial_id).state.is_finished():
+            study = load_study(storage, record.optuna_name, spec_of(record))
             trial = optuna.trial.Trial(study, lease.trial_id)
             if error:
                 trial.set_user_attr("error", error[:2000])
