@@ -172,6 +172,15 @@ def start_worker(server_url: str, token: str, *args: str) -> subprocess.Popen[by
     )
 
 
+def wait_for(predicate: Callable[[], object], timeout: float, message: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(message)
+
+
 def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 

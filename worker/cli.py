@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -29,6 +30,33 @@ def worker(
     worker_id: Annotated[Optional[str], typer.Option(help="Stable id shown on trials (default host-pid)")] = None,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (default: torch's choice)")] = None,
     study: Annotated[Optional[list[str]], typer.Option("--study", help="Only claim from this study (repeatable)")] = None,
+    data_root: Annotated[
+        Optional[Path], typer.Option(help="Directory dataset files are read from; nothing is downloaded (env HPO_DATA_ROOT)")
+    ] = None,
+    allow_plugin: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--allow-plugin",
+            help="Run plugin workloads whose entry matches this fnmatch pattern, e.g. 'mypkg.*:train' "
+            "(repeatable; replaces env HPO_ALLOW_PLUGINS, a JSON list)",
+        ),
+    ] = None,
+    allow_command: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--allow-command",
+            help="Run command workloads whose real path matches this pattern, e.g. 'scripts/*.py' "
+            "(repeatable; relative to the working directory; replaces env HPO_ALLOW_COMMANDS)",
+        ),
+    ] = None,
+    trial_timeout: Annotated[
+        Optional[float],
+        typer.Option(min=0.001, help="Seconds a plugin/command trial may run without its own timeout_seconds (env HPO_TRIAL_TIMEOUT)"),
+    ] = None,
+    trial_memory_mb: Annotated[
+        Optional[int],
+        typer.Option(min=16, help="Address-space cap (MiB) for plugin/command processes (env HPO_TRIAL_MEMORY_MB)"),
+    ] = None,
     max_trials: Annotated[Optional[int], typer.Option(help="Exit after this many trials")] = None,
     exit_when_idle: Annotated[Optional[float], typer.Option(help="Exit after this many seconds without work")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
@@ -53,18 +81,30 @@ def worker(
 
     from worker.client import ServiceClient
     from worker.runner import Runner
+    from worker.workloads.external import Policy
 
     if threads or settings.threads:
         torch.set_num_threads(threads or settings.threads or 1)
+    policy = Policy(
+        allow_plugins=allow_plugin if allow_plugin is not None else settings.allow_plugins,
+        allow_commands=allow_command if allow_command is not None else settings.allow_commands,
+        trial_timeout=trial_timeout or settings.trial_timeout,
+        trial_memory_mb=trial_memory_mb or settings.trial_memory_mb,
+    )
     client = ServiceClient(server or settings.server_url, token, timeout=settings.request_timeout)
     runner = Runner(
         client=client,
         worker_id=worker_id or settings.worker_id or default_worker_id(),
         device=pick_device(device or settings.device),
         studies=study or None,
+        data_root=data_root or settings.data_root,
+        policy=policy,
     )
     runner.install_signal_handlers()
-    logging.getLogger("hpo.worker").info("worker %s on %s", runner.worker_id, runner.device)
+    log = logging.getLogger("hpo.worker")
+    log.info("worker %s on %s", runner.worker_id, runner.device)
+    if policy.allow_plugins or policy.allow_commands:
+        log.info("user workloads allowed: plugins %s, commands %s", policy.allow_plugins, policy.allow_commands)
     try:
         runner.run(max_trials=max_trials, exit_when_idle=exit_when_idle)
     finally:

@@ -76,8 +76,23 @@ class ServiceClient:
     def heartbeat(self, a: Assignment) -> None:
         self._trial_call(a, "heartbeat", {})
 
-    def finish(self, a: Assignment, state: FinishState, value: float | None = None, error: str | None = None) -> None:
-        self._trial_call(a, "finish", {"state": state, "value": value, "error": error})
+    def finish(
+        self,
+        a: Assignment,
+        state: FinishState,
+        value: float | None = None,
+        error: str | None = None,
+        reason: str | None = None,
+        metrics: dict[str, float] | None = None,
+    ) -> None:
+        """End the trial. `reason` (e.g. oom, diverged, timeout) and `metrics` (finite numbers) are
+        sent only when given, so a service that predates them sees the same body as before."""
+        body: dict[str, Any] = {"state": state, "value": value, "error": error}
+        if reason is not None:
+            body["reason"] = reason
+        if metrics is not None:
+            body["metrics"] = metrics
+        self._trial_call(a, "finish", body)
 
 
 def _checked(response: httpx.Response) -> httpx.Response:

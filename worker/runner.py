@@ -1,21 +1,29 @@
 """The claim loop: claim -> train -> report every epoch -> finish, with a heartbeat thread.
 
-SIGTERM (or Ctrl-C) stops after the current epoch: the trial is finished as failed so the
-service can hand it out again, and the worker exits 0."""
+Built-in models train in this process (workloads/builtin.py); plugin and command workloads run
+in a child process (workloads/external.py). Either way the trial is finished with a state, a
+`reason` when it did not simply complete or get pruned (see worker/workloads/__init__.py), and
+a few metrics.
+
+SIGTERM (or Ctrl-C) stops after the current epoch (a user workload's process is terminated):
+the trial is finished as failed (reason `interrupted`) so the service can hand it out again,
+and the worker exits 0."""
 
 from __future__ import annotations
 
 import logging
-import math
 import random
 import signal
 import threading
 import time
-import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from service.spec import Assignment, FinishState
-from worker.client import LeaseLost, ServiceClient
+from service.spec import Assignment
+from worker.client import LeaseLost, ServiceClient, ServiceError
+from worker.workloads import TrialOutcome
+from worker.workloads.builtin import run_builtin
+from worker.workloads.external import Policy, run_user_workload
 
 log = logging.getLogger("hpo.worker")
 
@@ -46,14 +54,6 @@ class _Heartbeat(threading.Thread):
 
 
 @dataclass
-class TrialOutcome:
-    state: FinishState | None  # None: the lease was lost and the trial is no longer ours
-    value: float | None = None
-    error: str | None = None
-    epochs: int = 0
-
-
-@dataclass
 class Runner:
     client: ServiceClient
     worker_id: str
@@ -61,10 +61,13 @@ class Runner:
     studies: list[str] | None = None
     stop: threading.Event = field(default_factory=threading.Event)
     max_idle_backoff: float = 10.0
+    data_root: Path | None = None
+    # Which plugin and command workloads this worker runs, their timeout and memory cap.
+    policy: Policy = field(default_factory=Policy)
 
     def install_signal_handlers(self) -> None:
         def _handle(signum: int, _frame: object) -> None:
-            log.info("signal %s: finishing after the current epoch", signal.Signals(signum).name)
+            log.info("signal %s: stopping after the current epoch", signal.Signals(signum).name)
             self.stop.set()
 
         signal.signal(signal.SIGTERM, _handle)
@@ -102,19 +105,20 @@ class Runner:
         heartbeat = _Heartbeat(self.client, a)
         heartbeat.start()
         try:
-            outcome = self._train(a, heartbeat)
+            outcome = self._execute(a, heartbeat)
             if outcome.state is not None:
-                self.client.finish(a, outcome.state, outcome.value, outcome.error)
+                self._finish(a, outcome)
         except LeaseLost as exc:
             outcome = TrialOutcome(None, error=f"lease lost: {exc.detail}")
         finally:
             heartbeat.stop()
         log.info(
-            "trial %s#%d params=%s outcome=%s value=%s epochs=%d time=%.1fs%s",
+            "trial %s#%d params=%s outcome=%s%s value=%s epochs=%d time=%.1fs%s",
             a.study,
             a.number,
             a.params,
             outcome.state or "abandoned",
+            f" ({outcome.reason})" if outcome.reason else "",
             "-" if outcome.value is None else f"{outcome.value:.5g}",
             outcome.epochs,
             time.monotonic() - started,
@@ -122,35 +126,29 @@ class Runner:
         )
         return outcome
 
-    def _train(self, a: Assignment, heartbeat: _Heartbeat) -> TrialOutcome:
-        from worker.trainer import train  # torch is imported only once there is work
-
-        better = min if a.direction == "minimize" else max
-        best: float | None = None
-        epochs = 0
+    def _finish(self, a: Assignment, outcome: TrialOutcome) -> None:
+        assert outcome.state is not None
         try:
-            for result in train(a.workload, a.hyperparameters(), self.device):
-                epochs = result.epoch
-                loss = result.val_loss
-                if not math.isfinite(loss):
-                    # A NaN or inf validation loss means divergence (LR too high, see
-                    # HYPERPARAMETERS.md); it is not a value Optuna can rank.
-                    return TrialOutcome("failed", best, f"diverged: validation loss is {loss} at epoch {epochs}", epochs)
-                best = loss if best is None else better(best, loss)
-                prune = self.client.report(a, result.epoch, loss)
-                if heartbeat.lost.is_set():
-                    return TrialOutcome(None, best, "lease lost", epochs)
-                if prune:
-                    return TrialOutcome("pruned", best, None, epochs)
-                if self.stop.is_set():
-                    return TrialOutcome("failed", best, f"worker stopped by signal after epoch {epochs}", epochs)
-        except LeaseLost:
-            raise
-        except Exception as exc:  # one broken trial must not take the worker down
-            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            log.debug("trial %s#%d raised", a.study, a.number, exc_info=True)
-            return TrialOutcome("failed", best, detail, epochs)
-        if best is None:
-            return TrialOutcome("failed", None, "the trainer produced no epochs", epochs)
-        # The objective is the best validation loss over the epochs (README, "Objective").
-        return TrialOutcome("complete", best, None, epochs)
+            self.client.finish(a, outcome.state, outcome.value, outcome.error, outcome.reason, outcome.metrics or None)
+        except ServiceError as exc:
+            if exc.status != 422 or (outcome.reason is None and not outcome.metrics):
+                raise
+            # The extras were refused (a service that validates them differently): the trial's
+            # end matters more than its reason and metrics.
+            log.warning("finish of trial %s refused its reason/metrics (%s); sending it without", a.trial_id, exc.detail)
+            self.client.finish(a, outcome.state, outcome.value, outcome.error)
+
+    def _execute(self, a: Assignment, heartbeat: _Heartbeat) -> TrialOutcome:
+        if a.workload.is_builtin:
+            return run_builtin(
+                a, client=self.client, lease_lost=heartbeat.lost, stop=self.stop, device=self.device, data_root=self.data_root
+            )
+        return run_user_workload(
+            a,
+            client=self.client,
+            lease_lost=heartbeat.lost,
+            stop=self.stop,
+            device=self.device,
+            data_root=self.data_root,
+            policy=self.policy,
+        )

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -22,3 +24,16 @@ class WorkerSettings(BaseSettings):
     worker_id: str | None = None
     threads: int | None = None  # torch CPU threads; None leaves torch's default
     request_timeout: float = 30.0
+    # Where datasets are read from and downloaded to (passed to the trainer and to user workloads).
+    data_root: Path | None = None
+    # User workloads run only when allowed here. Lists are JSON in the environment, e.g.
+    # HPO_ALLOW_PLUGINS='["mypkg.*:train"]' (fnmatch on the entry as written) and
+    # HPO_ALLOW_COMMANDS='["examples/*.py"]' (matched on real paths, `*` within one directory,
+    # `**` across directories; relative patterns are relative to the worker's working directory).
+    allow_plugins: list[str] = Field(default_factory=list)
+    allow_commands: list[str] = Field(default_factory=list)
+    # Seconds a plugin or command trial may run when its workload sets no timeout_seconds.
+    trial_timeout: float | None = Field(None, gt=0)
+    # Address-space cap (RLIMIT_AS) for plugin and command processes, in MiB. CUDA reserves a
+    # lot of virtual memory, so on GPUs leave this unset or make it generous.
+    trial_memory_mb: int | None = Field(None, ge=16)

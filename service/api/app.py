@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.api import errors, studies, trials
+from service.api import errors, presets, studies, trials
 from service.api.deps import Runtime
 from service.db.session import make_engine, make_sessionmaker
 from service.engine.storage import make_storage
@@ -67,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(studies.router)
     app.include_router(trials.router)
+    app.include_router(presets.router)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from service.spec import FinishState
 
@@ -14,6 +15,11 @@ class BestTrial(BaseModel):
     number: int
     value: float
     params: dict[str, Any]
+
+
+class Diagnosis(BaseModel):
+    counts: dict[str, int] = Field(description="finished trials by diagnosis: diverged, oscillating, too_slow, healthy")
+    hints: list[str] = Field(description="plain advice drawn from the diagnoses")
 
 
 class StudyPublic(BaseModel):
@@ -26,6 +32,11 @@ class StudyPublic(BaseModel):
     best_trial: BestTrial | None
     created_at: datetime
     definition: dict[str, Any]
+    diagnosis: Diagnosis
+
+
+class StudyCreated(StudyPublic):
+    warnings: list[str] = Field(description="choices in the space that are usually wrong; the study is created anyway")
 
 
 class StudiesPublic(BaseModel):
@@ -41,6 +52,10 @@ class TrialPublic(BaseModel):
     intermediate_values: dict[int, float | None]
     worker_id: str | None
     error: str | None
+    reason: str | None = Field(description="why it ended: diverged, oom, timeout, exception, ...")
+    diagnosis: str | None = Field(description="what its loss curve says: diverged, oscillating, too_slow, healthy")
+    metrics: dict[str, float]
+    distributions: dict[str, dict[str, Any]] = Field(description="the distribution each param was sampled from")
     datetime_start: datetime | None
     datetime_complete: datetime | None
 
@@ -71,6 +86,20 @@ class FinishRequest(LeaseRequest):
     state: FinishState
     value: float | None = None
     error: str | None = Field(None, max_length=10_000)
+    reason: str | None = Field(
+        None,
+        pattern=r"^[a-z_]{1,40}$",
+        description="why the trial ended, as a short code: diverged, oom, timeout, not_allowed, exception, ...",
+    )
+    metrics: dict[str, float] | None = Field(None, max_length=50, description="e.g. val_accuracy; stored on the trial")
+
+    @field_validator("metrics")
+    @classmethod
+    def _finite_metrics(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        for name, value in (v or {}).items():
+            if len(name) > 64 or not math.isfinite(value):
+                raise ValueError(f"metrics.{name[:64]}: names up to 64 characters with finite values")
+        return v
 
 
 class FinishResponse(BaseModel):
@@ -79,3 +108,14 @@ class FinishResponse(BaseModel):
 
 class HeartbeatResponse(BaseModel):
     lease_seconds: float
+
+
+class PresetPublic(BaseModel):
+    name: str
+    fixed: dict[str, Any] = Field(description="workload values the preset fixes (the optimizer)")
+    space: dict[str, dict[str, Any]] = Field(description="space entries the preset adds")
+    finetune_space: dict[str, dict[str, Any]] = Field(description="the same with finetune: true (lr 10-100x lower)")
+
+
+class PresetsPublic(BaseModel):
+    presets: list[PresetPublic]

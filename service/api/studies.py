@@ -10,10 +10,11 @@ from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from service.api.deps import RuntimeDep, TeamDep
-from service.api.schemas import StudiesPublic, StudyPublic, TrialsPublic
+from service.api.schemas import StudiesPublic, StudyCreated, StudyPublic, TrialsPublic
 from service.engine import studies
 from service.errors import InvalidRequest, UnsupportedMediaType
 from service.spec import StudySpec
+from service.spec.lint import lint
 
 router = APIRouter(prefix="/api/v1/studies", tags=["studies"])
 
@@ -41,7 +42,7 @@ def parse_definition(raw: bytes, content_type: str) -> StudySpec:
 @router.post(
     "",
     status_code=201,
-    response_model=StudyPublic,
+    response_model=StudyCreated,
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -51,13 +52,16 @@ def parse_definition(raw: bytes, content_type: str) -> StudySpec:
     responses={409: {"description": "a study with this name exists"}, 422: {"description": "invalid definition"}},
 )
 async def create_study(request: Request, runtime: RuntimeDep, team: TeamDep) -> dict[str, Any]:
-    """Create a study from a definition (JSON or YAML, same schema)."""
+    """Create a study from a definition (JSON or YAML, same schema).
+
+    The answer carries `warnings` for choices that are usually wrong (lr on a linear scale, ...)."""
     spec = parse_definition(await request.body(), request.headers.get("content-type", ""))
+    warnings = lint(spec)
 
     def _create() -> dict[str, Any]:
         with runtime.transaction() as session:
             record = studies.create(session, runtime.storage, team, spec)
-            return studies.summary(session, runtime.storage, record)
+            return {**studies.summary(session, runtime.storage, record), "warnings": warnings}
 
     return await run_in_threadpool(_create)
 

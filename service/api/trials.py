@@ -62,6 +62,7 @@ def heartbeat(trial_id: int, body: LeaseRequest, runtime: RuntimeDep, team: Team
 def finish(trial_id: int, body: FinishRequest, runtime: RuntimeDep, team: TeamDep) -> dict[str, str]:
     with runtime.transaction() as session:
         state = trials.finish(
-            session, runtime.storage, team, trial_id, body.lease_id, body.state, body.value, body.error
+            session, runtime.storage, team, trial_id, body.lease_id, body.state, body.value, body.error,
+            body.reason, body.metrics,
         )
     return {"state": state}

@@ -7,21 +7,44 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from service.spec import CategoricalParam, FloatParam, IntParam, MedianPruner, StudySpec
+from service.spec import (
+    CategoricalParam,
+    ConditionalParam,
+    FloatParam,
+    IntParam,
+    MedianPruner,
+    StudySpec,
+    active_order,
+    defaults_for,
+)
+from service.spec.space import PlainParam
 
 
-def distributions(spec: StudySpec) -> dict[str, BaseDistribution]:
-    out: dict[str, BaseDistribution] = {}
-    for name, p in spec.space.items():
-        if isinstance(p, FloatParam):
-            out[name] = FloatDistribution(p.low, p.high, log=p.log, step=p.step)
-        elif isinstance(p, IntParam):
-            out[name] = IntDistribution(p.low, p.high, log=p.log, step=p.step)
-        else:
-            out[name] = CategoricalDistribution(p.choices)
-    return out
+def suggest(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
+    """Sample the space define-by-run, parents first, so a conditional parameter gets the range
+    of its parent's value, or is left out of the trial (and out of optuna-dashboard) when the
+    parent's value has no case."""
+    fixed = {**defaults_for(spec.workload.model), **spec.workload.fixed}
+    values: dict[str, Any] = {}
+    for name in active_order(spec.space):
+        param = spec.space[name]
+        if isinstance(param, ConditionalParam):
+            parent = values[param.on] if param.on in values else fixed.get(param.on)
+            case = param.case_for(parent)
+            if case is None:
+                continue
+            param = case
+        values[name] = _suggest_one(trial, name, param)
+    return values
+
+
+def _suggest_one(trial: optuna.Trial, name: str, p: PlainParam) -> Any:
+    if isinstance(p, FloatParam):
+        return trial.suggest_float(name, p.low, p.high, step=p.step, log=p.log)
+    if isinstance(p, IntParam):
+        return trial.suggest_int(name, p.low, p.high, step=p.step, log=p.log)
+    return trial.suggest_categorical(name, p.choices)
 
 
 def _grid(spec: StudySpec) -> dict[str, list[Any]]:
@@ -37,6 +60,16 @@ def _grid(spec: StudySpec) -> dict[str, list[Any]]:
     return grid
 
 
+class _BudgetedGridSampler(optuna.samplers.GridSampler):
+    """A grid sampler that leaves ending the study to the budget.
+
+    GridSampler calls study.stop() once the grid is used up, which only works inside
+    study.optimize(); here it would turn the finish of the last grid point into an error."""
+
+    def after_trial(self, study: optuna.Study, trial: Any, state: Any, values: Any) -> None:
+        pass
+
+
 def build_sampler(spec: StudySpec, n_claimed: int) -> optuna.samplers.BaseSampler:
     """A fresh sampler per claim, so any API process can serve any claim.
 
@@ -50,7 +83,9 @@ def build_sampler(spec: StudySpec, n_claimed: int) -> optuna.samplers.BaseSample
     if s.kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if s.kind == "grid":
-        return optuna.samplers.GridSampler(_grid(spec), seed=seed)
+        # Like QMC, the grid's order is keyed by the seed: a seed that moved per claim would
+        # reshuffle it and hand out the same point twice.
+        return _BudgetedGridSampler(_grid(spec), seed=s.seed if s.seed is not None else 0)
     if s.kind == "qmc":
         return optuna.samplers.QMCSampler(seed=s.seed if s.seed is not None else 0, warn_independent_sampling=False)
     if s.kind == "cmaes":

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from typing import Any
 
 import optuna
+from optuna.distributions import distribution_to_json
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import IntegrityError
@@ -14,9 +16,11 @@ from sqlalchemy.orm import Session
 
 from service.db import studies as study_rows
 from service.db.models import StudyRecord, Team
+from service.engine.diagnosis import DIAGNOSES, Diagnosed, hints
+from service.engine.diagnosis import counts as diagnosis_counts
 from service.engine.storage import optuna_errors, optuna_study_name
 from service.errors import Conflict, NotFound
-from service.spec import StudySpec
+from service.spec import StudySpec, defaults_for
 
 STATES = ("RUNNING", "COMPLETE", "PRUNED", "FAIL", "WAITING")
 
@@ -97,6 +101,18 @@ def summary(session: Session, storage: BaseStorage, record: StudyRecord) -> dict
         "best_trial": best,
         "created_at": record.created_at,
         "definition": record.spec,
+        "diagnosis": _diagnosis(spec, trials),
+    }
+
+
+def _diagnosis(spec: StudySpec, trials: list[FrozenTrial]) -> dict[str, Any]:
+    diagnosed = [
+        Diagnosed(t.user_attrs["diagnosis"], t.params) for t in trials if t.user_attrs.get("diagnosis") in DIAGNOSES
+    ]
+    fixed_lr = {**defaults_for(spec.workload.model), **spec.workload.fixed}.get("lr")
+    return {
+        "counts": diagnosis_counts(d.diagnosis for d in diagnosed),
+        "hints": hints(diagnosed, fixed_lr=fixed_lr if isinstance(fixed_lr, (int, float)) else None),
     }
 
 
@@ -112,6 +128,10 @@ def trials(session: Session, storage: BaseStorage, record: StudyRecord) -> list[
             "intermediate_values": {int(k): _finite_or_none(v) for k, v in sorted(t.intermediate_values.items())},
             "worker_id": workers.get(t._trial_id) or t.user_attrs.get("worker_id"),
             "error": t.user_attrs.get("error"),
+            "reason": t.user_attrs.get("reason"),
+            "diagnosis": t.user_attrs.get("diagnosis"),
+            "metrics": t.user_attrs.get("metrics") or {},
+            "distributions": {name: json.loads(distribution_to_json(d)) for name, d in t.distributions.items()},
             "datetime_start": t.datetime_start,
             "datetime_complete": t.datetime_complete,
         }

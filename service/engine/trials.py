@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session
 
 from service.db import studies as study_rows
 from service.db.models import Lease, StudyRecord, Team
-from service.engine.factories import distributions, load_study
+from service.engine.diagnosis import diagnose
+from service.engine.factories import load_study, suggest
 from service.engine.storage import optuna_errors
 from service.engine.studies import spec_of
 from service.errors import InvalidRequest, LeaseLost, NotFound
@@ -50,7 +51,7 @@ def reap_expired(session: Session, storage: BaseStorage, record: StudyRecord) ->
     """Fail the trials of workers that went silent for a whole lease."""
     expired = study_rows.expired_leases(session, record.id, study_rows.now(session))
     for lease in expired:
-        _end(session, storage, record, lease, "failed", None, "lease expired: the worker stopped heartbeating")
+        _end(session, storage, record, lease, "failed", None, "lease expired: the worker stopped heartbeating", "lease_expired")
     return len(expired)
 
 
@@ -67,7 +68,8 @@ def try_claim(
         return None
     with optuna_errors():
         study = load_study(storage, record.optuna_name, spec, n_claimed=claimed)
-        trial = study.ask(fixed_distributions=distributions(spec))
+        trial = study.ask()
+        params = suggest(trial, spec)
         trial.set_user_attr("worker_id", worker_id)
     lease = Lease(
         trial_id=trial._trial_id,
@@ -84,7 +86,7 @@ def try_claim(
         lease_id=lease.lease_id,
         study=record.name,
         number=trial.number,
-        params=trial.params,
+        params=params,
         workload=spec.workload,
         lease_seconds=settings.lease_seconds,
         heartbeat_seconds=settings.heartbeat_seconds,
@@ -153,6 +155,8 @@ def finish(
     state: FinishState,
     value: float | None,
     error: str | None,
+    reason: str | None = None,
+    metrics: dict[str, float] | None = None,
 ) -> str:
     lease, record = _current_lease(session, team, trial_id, lease_id)
     if lease.ended_at is not None:
@@ -161,7 +165,7 @@ def finish(
         raise LeaseLost(f"trial {trial_id} already ended as {lease.outcome}, not {state}")
     if state == "complete" and (value is None or not math.isfinite(value)):
         raise InvalidRequest("value: a complete trial needs a finite objective value")
-    _end(session, storage, record, lease, state, value, error)
+    _end(session, storage, record, lease, state, value, error, reason, metrics)
     return state
 
 
@@ -173,15 +177,30 @@ def _end(
     state: FinishState,
     value: float | None,
     error: str | None,
+    reason: str | None = None,
+    metrics: dict[str, float] | None = None,
 ) -> None:
     with optuna_errors():
         # Someone may have finished it already (optuna-dashboard can "tell"); then only the
         # lease ends here, and Optuna's record stays as it is.
-        if not storage.get_trial(lease.trial_id).state.is_finished():
+        frozen = storage.get_trial(lease.trial_id)
+        if not frozen.state.is_finished():
             study = load_study(storage, record.optuna_name, spec_of(record))
             trial = optuna.trial.Trial(study, lease.trial_id)
+            # User attributes, so optuna-dashboard shows why a trial ended and what its curve says.
             if error:
                 trial.set_user_attr("error", error[:2000])
+            if reason:
+                trial.set_user_attr("reason", reason)
+            if metrics:
+                trial.set_user_attr("metrics", metrics)
+            # The diagnosis reads curves as losses; a maximized objective is turned upside down.
+            sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
+            curve = [sign * v for _, v in sorted(frozen.intermediate_values.items())]
+            start = (metrics or {}).get("initial_val_loss")
+            verdict = diagnose(curve, reason=reason, start=None if start is None else sign * start)
+            if verdict is not None:
+                trial.set_user_attr("diagnosis", verdict)
             study.tell(trial, value if state == "complete" else None, state=_OPTUNA_STATE[state], skip_if_finished=True)
     lease.ended_at = study_rows.now(session)
     lease.outcome = state

@@ -1,0 +1,36 @@
+"""What the service hands a worker for one trial, and how the worker may end it."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from service.spec.hyperparameters import defaults_for
+from service.spec.workload import Workload
+
+FinishState = Literal["complete", "pruned", "failed"]
+
+
+class Assignment(BaseModel):
+    """A claimed trial, as the worker receives it."""
+
+    trial_id: int
+    lease_id: str
+    study: str
+    number: int
+    params: dict[str, Any]
+    workload: Workload
+    lease_seconds: float
+    heartbeat_seconds: float
+    direction: Literal["minimize", "maximize"] = "minimize"
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """Searched params from the service win over the workload's fixed values and the defaults.
+
+        A built-in model gets every parameter it understands; a user workload gets exactly the
+        names the study defines (fixed or searched and active in this trial)."""
+        values = defaults_for(self.workload.model)
+        values.update(self.workload.fixed)
+        values.update(self.params)
+        return values

@@ -1,0 +1,128 @@
+"""Built-in workloads (mlp, cnn): trained in the worker's own process, one epoch at a time.
+
+Each epoch's validation loss is reported; the pruner's answer, a diverged run, a lost lease or a
+stop request end the trial at that epoch. Out of memory fails only the trial, and the device's
+memory is handed back before the worker claims the next one."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import threading
+import traceback
+from pathlib import Path
+from typing import Any
+
+from service.spec import Assignment
+from worker.client import LeaseLost, ServiceClient
+from worker.workloads import TrialOutcome, describe, failure_reason, finite_metrics
+
+log = logging.getLogger("hpo.worker")
+
+
+class _Progress:
+    """What the epochs so far say: the best loss, and the metrics sent at finish."""
+
+    def __init__(self, direction: str) -> None:
+        self._better = min if direction == "minimize" else max
+        self.best: float | None = None
+        self.epochs = 0
+        self.best_accuracy: float | None = None
+        self.initial_loss: float | None = None
+        self.last: Any = None
+
+    def add(self, result: Any, *, count_loss: bool = True) -> None:
+        self.epochs = result.epoch
+        self.last = result
+        if getattr(result, "initial_val_loss", None) is not None:
+            self.initial_loss = result.initial_val_loss
+        if count_loss:
+            self.best = result.val_loss if self.best is None else self._better(self.best, result.val_loss)
+        accuracy = getattr(result, "val_accuracy", None)
+        if accuracy is not None and math.isfinite(accuracy):
+            self.best_accuracy = accuracy if self.best_accuracy is None else max(self.best_accuracy, accuracy)
+
+    def metrics(self) -> dict[str, float]:
+        last = self.last
+        return finite_metrics(
+            {
+                "val_accuracy": self.best_accuracy,
+                "train_loss": getattr(last, "train_loss", None),
+                "lr": getattr(last, "lr", None),
+                "epochs": self.epochs,
+                "initial_val_loss": self.initial_loss,
+            }
+        )
+
+    def outcome(self, state: Any, error: str | None = None, reason: str | None = None) -> TrialOutcome:
+        return TrialOutcome(state, self.best, error, self.epochs, reason, self.metrics())
+
+
+def run_builtin(
+    a: Assignment,
+    *,
+    client: ServiceClient,
+    lease_lost: threading.Event,
+    stop: threading.Event,
+    device: str,
+    data_root: Path | None = None,
+) -> TrialOutcome:
+    from worker.trainer import train  # torch is imported only once there is work
+
+    progress = _Progress(a.direction)
+    # data_root only when set, so a trainer (or a test double) without the keyword still works.
+    extra: dict[str, Any] = {} if data_root is None else {"data_root": data_root}
+    results = None
+    oom = False
+    try:
+        results = train(a.workload, a.hyperparameters(), device, **extra)
+        for result in results:
+            loss = result.val_loss
+            diverged = getattr(result, "diverged", None)
+            if diverged or not math.isfinite(loss):
+                # A dead run gets no more device time (HYPERPARAMETERS.md: usually too high an LR).
+                # Its loss is not reported: the guard may have cut the epoch short (the loss is
+                # then a training loss), and NaN/inf is neither rankable nor valid JSON.
+                progress.add(result, count_loss=False)
+                why = diverged or f"validation loss is {loss} at epoch {result.epoch}"
+                return progress.outcome("pruned", f"diverged: {why}", "diverged")
+            progress.add(result)
+            prune = client.report(a, result.epoch, loss)
+            if lease_lost.is_set():
+                return progress.outcome(None, "lease lost")
+            if prune:
+                return progress.outcome("pruned")
+            if stop.is_set():
+                return progress.outcome("failed", f"worker stopped by signal after epoch {progress.epochs}", "interrupted")
+    except LeaseLost:
+        raise
+    except Exception as exc:  # one broken trial must not take the worker down
+        reason = failure_reason(exc)
+        detail = describe(exc)
+        log.debug("trial %s#%d raised", a.study, a.number, exc_info=True)
+        # The traceback's frames hold the model, the batch and the optimizer state: let them go.
+        traceback.clear_frames(exc.__traceback__)
+        oom = reason == "oom"
+        return progress.outcome("failed", detail, reason)
+    finally:
+        if results is not None and hasattr(results, "close"):
+            results.close()  # a generator left mid-epoch lets go of its tensors now
+        del results
+        if oom:
+            release_device_memory(device)
+    if progress.best is None:
+        return progress.outcome("failed", "the trainer produced no epochs", "exception")
+    # The objective is the best validation loss over the epochs (README, "Objective").
+    return progress.outcome("complete")
+
+
+def release_device_memory(device: str) -> None:
+    """After an out-of-memory failure: collect what the failed trial left, and return the
+    allocator's cached blocks, so the next trial starts with the whole device."""
+    gc.collect()
+    if str(device).startswith("cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
