@@ -51,6 +51,10 @@ BAD_DEFINITIONS = [
     (("budget.n_trials", 0), "budget.n_trials", "greater than or equal to 1"),
     (("space.optimizer", {"type": "categorical", "choices": ["sgd", "lamb"]}), "space.optimizer.choices", "adam"),
     (("name", "Bad Name!"), "name", "pattern"),
+    (("workload.dataset", {"kind": "npz", "path": "../../etc/passwd"}), "workload.dataset.npz.path", "leaves the worker's data root"),
+    (("workload.dataset", {"kind": "csv", "path": "/etc/passwd", "target": "y"}), "workload.dataset.csv.path", "absolute"),
+    (("workload.dataset", "imagenet"), "workload.dataset", "digits"),
+    (("workload", {"model": "cnn", "dataset": "iris"}), "workload.dataset", "image-shaped"),
     (("direction", "sideways"), "direction", "minimize"),
 ]
 

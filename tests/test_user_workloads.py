@@ -513,3 +513,21 @@ def test_builtin_failures_are_classified_and_the_worker_goes_on(
     assert list(trials[2]["intermediate_values"].values()) == [2.0]  # the diverged epoch is not reported
     assert trials[3]["value"] == 1.5
     assert trials[3]["metrics"] == {"val_accuracy": 0.6, "train_loss": 1.6, "lr": 0.05, "epochs": 2.0}
+
+
+def test_a_plugin_entry_point_is_found_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker.plugin_host import load
+
+    # An installed distribution, as `pip install` of a team's package would leave it.
+    dist = tmp_path / "teamplug-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: teamplug\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[hpo.workloads]\nquadratic = examples.plugin_quadratic:train\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent))
+
+    import examples.plugin_quadratic
+
+    assert load("quadratic") is examples.plugin_quadratic.train
+    with pytest.raises(LookupError, match="quadratic"):
+        load("no-such-workload")

@@ -26,17 +26,27 @@ DEMO_TEAM = "demo"
 
 
 def demo_definition(name: str, n_trials: int, epochs: int) -> dict[str, Any]:
-    # The ranges are the ones ../shared/HYPERPARAMETERS.md recommends searching.
+    # The ranges are the ones ../shared/HYPERPARAMETERS.md recommends searching, with each
+    # optimizer's lr range (conditional) widened by an order of magnitude either way, so the
+    # demo also shows what the diagnosis says about the extremes.
     return {
         "name": name,
         "direction": "minimize",
         "workload": {"model": "mlp", "dataset": "digits", "epochs": epochs},
         "space": {
-            "lr": {"type": "float", "low": 1e-5, "high": 1.0, "log": True},
+            "optimizer": {"type": "categorical", "choices": ["sgd", "adam"]},
+            "lr": {
+                "type": "conditional",
+                "on": "optimizer",
+                "cases": {
+                    "sgd": {"type": "float", "low": 1e-4, "high": 1.0, "log": True},
+                    "adam": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+                },
+            },
             "batch_size": {"type": "int", "low": 1, "high": 1024, "log": True},
             "dropout": {"type": "float", "low": 0.2, "high": 0.5},
             "weight_decay": {"type": "float", "low": 1e-6, "high": 1e-2, "log": True},
-            "optimizer": {"type": "categorical", "choices": ["sgd", "adam"]},
+            "schedule": {"type": "categorical", "choices": ["constant", "cosine"]},
         },
         "sampler": {"kind": "tpe", "seed": 0},
         "pruner": {"kind": "median", "n_startup_trials": 5, "n_warmup_steps": 2},
@@ -205,4 +215,8 @@ def _run_demo(url: str, token: str, n_trials: int, epochs: int) -> None:
         console.print(f"best trial #{best['number']}: validation loss {best['value']:.4f}")
         for k, v in best["params"].items():
             console.print(f"  {k} = {v:.6g}" if isinstance(v, float) else f"  {k} = {v}")
+    counts = study["diagnosis"]["counts"]
+    console.print("loss curves: " + ", ".join(f"{n} {d}" for d, n in counts.items() if n))
+    for hint in study["diagnosis"]["hints"]:
+        console.print(f"  hint: {hint}")
     console.print(f"Optuna study name: [bold]{study['optuna_name']}[/]")
