@@ -24,8 +24,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 RUN groupadd --system --gid 10001 hpo \
  && useradd --system --uid 10001 --gid hpo --create-home --home-dir /home/hpo --shell /usr/sbin/nologin hpo \
- && mkdir -p /data \
- && chown hpo:hpo /data
+ && mkdir -p /data /artifacts \
+ && chown hpo:hpo /data /artifacts
 
 WORKDIR /app
 

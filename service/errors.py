@@ -42,3 +42,18 @@ class UnsupportedMediaType(ServiceError):
 class InvalidRequest(ServiceError):
     status_code = 422
     code = "invalid_request"
+
+
+class Gone(ServiceError):
+    """The trial's study was deleted: the worker should drop the trial and claim other work."""
+
+    status_code = 410
+    code = "gone"
+
+
+class ServiceUnavailable(ServiceError):
+    """The database cannot be reached; the caller should retry after `retry_after` seconds."""
+
+    status_code = 503
+    code = "unavailable"
+    retry_after = 5

@@ -32,6 +32,16 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(60.0, gt=0)
     heartbeat_seconds: float = Field(10.0, gt=0)
 
+    # The reaper fails trials whose Optuna heartbeat is older than lease_seconds and retries them
+    # (budget.max_retries); every API process runs it, one at a time (an advisory lock).
+    reaper_seconds: float = Field(10.0, gt=0)
+    # Checkpoints go to an optuna.artifacts store: this directory (shared by every API process;
+    # default <data_dir>/artifacts), or S3 when artifact_s3_bucket is set (needs boto3).
+    artifact_dir: Path | None = None
+    artifact_s3_bucket: str | None = None
+    # Finished trials' checkpoints are removed after this long, except the best trial's.
+    checkpoint_retention_seconds: float = Field(24 * 3600.0, ge=0)
+
     pool_size: int = Field(5, ge=1)
     max_overflow: int = Field(5, ge=0)
     pool_timeout: float = Field(30.0, gt=0)
@@ -47,3 +57,7 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def artifact_dir(settings: Settings) -> Path:
+    return settings.artifact_dir or settings.data_dir / "artifacts"

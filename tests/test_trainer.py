@@ -281,3 +281,112 @@ def test_cnn_rejects_tabular_input() -> None:
     workload.model = "cnn"
     with pytest.raises(ValueError, match="image-shaped"):
         list(train(workload, CNN_DEFAULTS, "cpu"))
+
+
+# ---------------------------------------------------------------- checkpoints and resume
+
+RESUMABLE = {
+    # (hyperparameters, epochs, the epoch whose checkpoint the second run resumes from)
+    "sgd-momentum-step": (dict(GOOD, optimizer="sgd", lr=0.05, momentum=0.9, schedule="step", step_size=1, gamma=0.5), 4, 2),
+    # Resumed inside the warmup, so both the warmup and the cosine after it come from the checkpoint.
+    "adam-cosine-warmup": (dict(GOOD, hidden_size=32, schedule="cosine", warmup_epochs=2), 5, 1),
+    # patience 0 and a noisy LR: the plateau schedule cuts the LR after the resume point too.
+    "adam-plateau": (dict(GOOD, hidden_size=32, lr=0.03, schedule="plateau", plateau_patience=0, warmup_epochs=1), 6, 3),
+    "batchnorm-dropout": (dict(GOOD, hidden_size=32, batchnorm=True, dropout=0.4, n_layers=2), 4, 2),
+}
+
+
+def as_tuples(results: list[EpochResult]) -> list[tuple]:
+    return [(r.epoch, r.val_loss, r.train_loss, r.val_accuracy, r.lr) for r in results]
+
+
+@pytest.mark.parametrize("case", list(RESUMABLE))
+def test_a_resumed_run_repeats_the_uninterrupted_one_exactly(case: str) -> None:
+    hp, epochs, k = RESUMABLE[case]
+    workload = Workload(epochs=epochs, seed=3)
+    # The first run is interrupted after epoch k, keeping only that epoch's checkpoint.
+    first = train(workload, hp, "cpu")
+    for _ in range(k):
+        next(first)
+    saved = first.checkpoint()
+    first.close()
+    # Whatever ran in between (here: a whole run) moved torch's global RNG on.
+    uninterrupted = list(train(workload, hp, "cpu"))
+    resumed = train(workload, hp, "cpu", resume=saved)
+    assert resumed.resumed_from == k
+    rest = list(resumed)
+    assert [r.epoch for r in rest] == list(range(k + 1, epochs + 1))
+    # Exactly, not approximately: the same losses, accuracies and learning rates.
+    assert as_tuples(rest) == as_tuples(uninterrupted[k:])
+    assert as_tuples(resumed.history) == as_tuples(uninterrupted[:k])
+    # The untrained model's loss comes with the first result of either run.
+    assert rest[0].initial_val_loss == uninterrupted[0].initial_val_loss is not None
+    if case == "adam-plateau":
+        # The case means something only if the LR changed after the resume point.
+        assert len({r.lr for r in rest}) > 1
+
+
+def test_a_checkpoint_is_plain_data_for_weights_only_loading() -> None:
+    import io
+
+    run = train(Workload(epochs=3), dict(GOOD, hidden_size=16, schedule="plateau", warmup_epochs=1), "cpu")
+    with pytest.raises(RuntimeError, match="no epoch"):
+        run.checkpoint()
+    next(run)
+    saved = torch.load(io.BytesIO(run.checkpoint()), weights_only=True)
+    assert saved["format"] == trainer.CHECKPOINT_FORMAT and saved["epoch"] == 1
+    assert {"model", "optimizer", "schedule", "rng_cpu", "shuffle", "guard_first", "initial_val_loss", "history"} <= set(saved)
+    assert saved["rng_cuda"] is None and saved["shuffle_device"] == "cpu"
+    assert isinstance(saved["guard_first"], float) and saved["history"][0]["epoch"] == 1
+    assert saved["schedule"]["warmup"] is not None and saved["schedule"]["plateau"]["num_bad_epochs"] == 0
+
+
+def test_a_checkpoint_resumes_only_its_own_configuration() -> None:
+    import io
+
+    hp = dict(GOOD, hidden_size=16)
+    run = train(Workload(epochs=2), hp, "cpu")
+    next(run)
+    saved = run.checkpoint()
+    with pytest.raises(trainer.CheckpointError, match="other hyperparameters"):
+        train(Workload(epochs=2), dict(hp, lr=0.1), "cpu", resume=saved)
+    with pytest.raises(trainer.CheckpointError, match="other hyperparameters"):
+        train(Workload(epochs=2, seed=1), hp, "cpu", resume=saved)
+    with pytest.raises(trainer.CheckpointError, match="unreadable"):
+        train(Workload(epochs=2), hp, "cpu", resume=saved[: len(saved) // 2])
+
+    class Evil:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (print, ("this must never run",))
+
+    evil = io.BytesIO()
+    torch.save({"format": trainer.CHECKPOINT_FORMAT, "x": Evil()}, evil)
+    with pytest.raises(trainer.CheckpointError, match="unreadable"):
+        train(Workload(epochs=2), hp, "cpu", resume=evil.getvalue())
+
+
+def test_a_checkpoint_after_the_last_epoch_resumes_to_nothing_left() -> None:
+    hp = dict(GOOD, hidden_size=16)
+    run = train(Workload(epochs=2), hp, "cpu")
+    results = list(run)
+    resumed = train(Workload(epochs=2), hp, "cpu", resume=run.checkpoint())
+    assert list(resumed) == [] and as_tuples(resumed.history) == as_tuples(results)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_resumed_run_on_cuda_continues_to_rounding() -> None:
+    import io
+
+    hp, epochs, k = RESUMABLE["batchnorm-dropout"]
+    workload = Workload(epochs=epochs, seed=3)
+    first = train(workload, hp, "cuda")
+    for _ in range(k):
+        next(first)
+    saved = first.checkpoint()
+    first.close()
+    assert torch.load(io.BytesIO(saved), weights_only=True)["rng_cuda"] is not None
+    uninterrupted = list(train(workload, hp, "cuda"))
+    rest = list(train(workload, hp, "cuda", resume=saved))
+    # cuBLAS may sum in another order from run to run: equal to rounding, not bit for bit.
+    assert [r.epoch for r in rest] == [r.epoch for r in uninterrupted[k:]]
+    assert [r.val_loss for r in rest] == pytest.approx([r.val_loss for r in uninterrupted[k:]], rel=1e-4)

@@ -99,6 +99,7 @@ def worker(
         studies=study or None,
         data_root=data_root or settings.data_root,
         policy=policy,
+        ack_log=settings.ack_log,
     )
     runner.install_signal_handlers()
     log = logging.getLogger("hpo.worker")

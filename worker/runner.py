@@ -7,7 +7,15 @@ a few metrics.
 
 SIGTERM (or Ctrl-C) stops after the current epoch (a user workload's process is terminated):
 the trial is finished as failed (reason `interrupted`) so the service can hand it out again,
-and the worker exits 0."""
+and the worker exits 0.
+
+Outages. Reports go through the trial's Outbox (worker/outbox.py): one that cannot be delivered
+is queued and training goes on; the queue is delivered in order once the service answers. A
+failing heartbeat is only logged. Before the finish, the queue is drained, retrying for up to
+`finish_leases` lease lengths (one when stopping on a signal); the finish is retried as long.
+If that runs out the trial is left unfinished: its lease expires and the service retries it
+(from its last checkpoint). A lost lease (409) or a deleted study (404/410), at any point,
+abandons the trial (no finish), frees the device's memory, and the worker claims new work."""
 
 from __future__ import annotations
 
@@ -21,11 +29,16 @@ from pathlib import Path
 
 from service.spec import Assignment
 from worker.client import LeaseLost, ServiceClient, ServiceError
+from worker.outbox import Outbox, refused
 from worker.workloads import TrialOutcome
-from worker.workloads.builtin import run_builtin
+from worker.workloads.builtin import release_device_memory, run_builtin
 from worker.workloads.external import Policy, run_user_workload
 
 log = logging.getLogger("hpo.worker")
+
+
+class NotFinished(Exception):
+    """The trial's reports or its finish could not be delivered in time; its lease will expire."""
 
 
 class _Heartbeat(threading.Thread):
@@ -39,14 +52,23 @@ class _Heartbeat(threading.Thread):
         self.lost = threading.Event()
 
     def run(self) -> None:
-        while not self._done.wait(self._assignment.heartbeat_seconds):
+        failing = False
+        beat = self._assignment.heartbeat_seconds
+        while not self._done.wait(beat):
             try:
-                self._client.heartbeat(self._assignment)
+                # Retried for one heartbeat interval at most: the next beat takes over.
+                self._client.heartbeat(self._assignment, retry_for=beat)
             except LeaseLost:
                 self.lost.set()
                 return
-            except Exception as exc:  # a transient outage: the next beat may get through
-                log.warning("heartbeat for trial %s failed: %s", self._assignment.trial_id, exc)
+            except Exception as exc:  # an outage: the trial trains on, the next beat may get through
+                if not failing:
+                    log.warning("heartbeat for trial %s failed: %s", self._assignment.trial_id, exc)
+                failing = True
+            else:
+                if failing:
+                    log.info("heartbeat for trial %s goes through again", self._assignment.trial_id)
+                failing = False
 
     def stop(self) -> None:
         self._done.set()
@@ -64,6 +86,13 @@ class Runner:
     data_root: Path | None = None
     # Which plugin and command workloads this worker runs, their timeout and memory cap.
     policy: Policy = field(default_factory=Policy)
+    # Append every acknowledged report here as a JSON line (worker/outbox.py); None: don't.
+    ack_log: Path | None = None
+    # How long, in lease lengths, the end of a trial waits for its queued reports and its finish
+    # to get through an outage (one when stopping on a signal).
+    finish_leases: float = 3.0
+    # The first wait between those attempts (doubling up to 10 s).
+    retry_delay: float = 0.5
 
     def install_signal_handlers(self) -> None:
         def _handle(signum: int, _frame: object) -> None:
@@ -102,16 +131,20 @@ class Runner:
 
     def run_trial(self, a: Assignment) -> TrialOutcome:
         started = time.monotonic()
+        outbox = Outbox(self.client, a, worker_id=self.worker_id, ack_log=self.ack_log, first_delay=self.retry_delay)
         heartbeat = _Heartbeat(self.client, a)
         heartbeat.start()
         try:
-            outcome = self._execute(a, heartbeat)
+            outcome = self._execute(a, heartbeat, outbox)
             if outcome.state is not None:
-                self._finish(a, outcome)
+                self._finish(a, outcome, outbox)
         except LeaseLost as exc:
             outcome = TrialOutcome(None, error=f"lease lost: {exc.detail}")
         finally:
             heartbeat.stop()
+        if outcome.state is None:
+            # Abandoned: whatever the trial left on the device goes before the next claim.
+            release_device_memory(self.device)
         log.info(
             "trial %s#%d params=%s outcome=%s%s value=%s epochs=%d time=%.1fs%s",
             a.study,
@@ -126,22 +159,53 @@ class Runner:
         )
         return outcome
 
-    def _finish(self, a: Assignment, outcome: TrialOutcome) -> None:
+    def _finish(self, a: Assignment, outcome: TrialOutcome, outbox: Outbox) -> None:
+        """Deliver the queued reports, then the finish, through an outage of up to
+        `finish_leases` lease lengths. Raises LeaseLost, or NotFinished when time runs out."""
+        assert outcome.state is not None
+        patience = a.lease_seconds * (1.0 if self.stop.is_set() else self.finish_leases)
+        deadline = time.monotonic() + patience
+        if not outbox.drain(deadline):
+            raise NotFinished(f"{outbox.pending} reports could not be delivered in {patience:g}s")
+        # The prune answer to a report delivered this late is moot: the trial ran to its end.
+        delay = self.retry_delay
+        while True:
+            try:
+                self._send_finish(a, outcome, max(deadline - time.monotonic(), 0.0))
+                return
+            except LeaseLost:
+                raise
+            except Exception as exc:
+                if refused(exc) or time.monotonic() >= deadline:
+                    raise
+                log.debug("finish of trial %s not delivered yet: %s", a.trial_id, exc)
+            time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
+            delay = min(delay * 2, 10.0)
+
+    def _send_finish(self, a: Assignment, outcome: TrialOutcome, retry_for: float) -> None:
         assert outcome.state is not None
         try:
-            self.client.finish(a, outcome.state, outcome.value, outcome.error, outcome.reason, outcome.metrics or None)
+            self.client.finish(
+                a, outcome.state, outcome.value, outcome.error, outcome.reason, outcome.metrics or None, retry_for=retry_for
+            )
         except ServiceError as exc:
             if exc.status != 422 or (outcome.reason is None and not outcome.metrics):
                 raise
             # The extras were refused (a service that validates them differently): the trial's
             # end matters more than its reason and metrics.
             log.warning("finish of trial %s refused its reason/metrics (%s); sending it without", a.trial_id, exc.detail)
-            self.client.finish(a, outcome.state, outcome.value, outcome.error)
+            self.client.finish(a, outcome.state, outcome.value, outcome.error, retry_for=retry_for)
 
-    def _execute(self, a: Assignment, heartbeat: _Heartbeat) -> TrialOutcome:
+    def _execute(self, a: Assignment, heartbeat: _Heartbeat, outbox: Outbox) -> TrialOutcome:
         if a.workload.is_builtin:
             return run_builtin(
-                a, client=self.client, lease_lost=heartbeat.lost, stop=self.stop, device=self.device, data_root=self.data_root
+                a,
+                client=self.client,
+                lease_lost=heartbeat.lost,
+                stop=self.stop,
+                device=self.device,
+                data_root=self.data_root,
+                outbox=outbox,
             )
         return run_user_workload(
             a,
@@ -151,4 +215,5 @@ class Runner:
             device=self.device,
             data_root=self.data_root,
             policy=self.policy,
+            outbox=outbox,
         )

@@ -20,6 +20,8 @@ t = e - w - 1 the epoch index after warmup (0-based), group 0's LR during epoch 
                      plateau_patience epochs in a row; the losses of warmup epochs are ignored.
 
 The trainer builds the schedule before epoch 1 and calls `epoch_end(val_loss)` after each epoch.
+`state_dict()` / `load_state_dict()` carry a schedule across a checkpoint (worker/trainer.py): a
+schedule built the same way and loaded with a saved state continues exactly where it left off.
 """
 
 from __future__ import annotations
@@ -77,6 +79,27 @@ class LrSchedule:
         else:
             assert self._plateau is not None
             self._plateau.step(val_loss)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The schedule's progress: plain values and torch's own scheduler state dicts (loadable
+        with torch.load(weights_only=True)). The optimizer's LR itself lives in the optimizer's
+        state dict."""
+        return {
+            "epochs_done": self.epochs_done,
+            "scheduler": None if self._scheduler is None else self._scheduler.state_dict(),
+            "warmup": None if self._warmup is None else self._warmup.state_dict(),
+            "plateau": None if self._plateau is None else self._plateau.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state_dict()` of a schedule built from the same hyperparameters."""
+        for name in ("scheduler", "warmup", "plateau"):
+            mine, saved = getattr(self, f"_{name}"), state.get(name)
+            if (mine is None) != (saved is None):
+                raise ValueError(f"the saved LR schedule does not match this one ({name})")
+            if mine is not None:
+                mine.load_state_dict(saved)
+        self.epochs_done = int(state["epochs_done"])
 
 
 def build_schedule(optimizer: torch.optim.Optimizer, hp: dict[str, Any], epochs: int) -> LrSchedule:

@@ -37,3 +37,7 @@ class WorkerSettings(BaseSettings):
     # Address-space cap (RLIMIT_AS) for plugin and command processes, in MiB. CUDA reserves a
     # lot of virtual memory, so on GPUs leave this unset or make it generous.
     trial_memory_mb: int | None = Field(None, ge=16)
+    # Append one JSON line per report the service acknowledged (HPO_ACK_LOG; for the chaos
+    # harness, which checks that no acknowledged report is lost): trial_id, number, study, step,
+    # value, worker_id.
+    ack_log: Path | None = None

@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from sqlalchemy import text
 
 from service.api import errors, presets, studies, trials
 from service.api.deps import Runtime
 from service.db.session import make_engine, make_sessionmaker
+from service.engine.checkpoints import artifact_store
+from service.engine.reaper import Reaper
 from service.engine.storage import make_storage
 from service.settings import Settings, get_settings
 
@@ -23,6 +26,7 @@ def build_runtime(settings: Settings) -> Runtime:
         engine=engine,
         sessions=make_sessionmaker(engine),
         storage=make_storage(settings.database_url, settings),
+        store=artifact_store(settings),
     )
 
 
@@ -51,11 +55,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.runtime = build_runtime(settings)
+        runtime = app.state.runtime = build_runtime(settings)
+        reaper = Reaper(runtime.sessions, runtime.storage, settings)
+        reaper.start()
         try:
             yield
         finally:
-            app.state.runtime.engine.dispose()
+            reaper.stop()
+            runtime.engine.dispose()
 
     app = FastAPI(
         title="hpo",
@@ -73,5 +80,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def healthz() -> dict[str, str]:
         """Liveness: the process answers. Needs no token."""
         return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], responses={503: {"description": "the database is unreachable"}})
+    def readyz(request: Request) -> dict[str, str]:
+        """Readiness: the database answers. Needs no token; 503 with Retry-After while it doesn't."""
+        runtime = request.app.state.runtime
+        with runtime.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return {"status": "ready"}
 
     return app

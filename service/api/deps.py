@@ -15,18 +15,20 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.models import Team
 from service.db.teams import team_for_token
+from service.engine.checkpoints import ArtifactStore
 from service.errors import Unauthorized
 from service.settings import Settings
 
 
 @dataclass
 class Runtime:
-    """What one API process holds: settings, our engine, and Optuna's storage."""
+    """What one API process holds: settings, our engine, Optuna's storage, the checkpoint store."""
 
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
     storage: BaseStorage
+    store: ArtifactStore
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+import optuna
+import sqlalchemy.exc
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -10,7 +14,13 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.errors import ServiceError
+from service.engine.reaper import outages
+from service.engine.storage import CONNECTION_ERRORS, database_down
+from service.errors import ServiceError, ServiceUnavailable
+
+log = logging.getLogger("hpo.api")
+
+
 
 
 def describe_validation(errors: list[dict[str, Any]]) -> str:
@@ -31,7 +41,19 @@ def _body(code: str, detail: str) -> dict[str, str]:
 def install(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        return JSONResponse(_body(exc.code, exc.detail), status_code=exc.status_code)
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, ServiceUnavailable) else None
+        return JSONResponse(_body(exc.code, exc.detail), status_code=exc.status_code, headers=headers)
+
+    async def _database_down(request: Request, exc: Exception) -> JSONResponse:
+        # The database went away (restart, failover, network): a 503 the client may retry, never a 500.
+        if not database_down(exc):
+            return await _unexpected(request, exc)
+        log.warning("database unavailable during %s %s: %s", request.method, request.url.path, type(exc).__name__)
+        outages.note()
+        return await _service_error(request, ServiceUnavailable("the database is unavailable; retry shortly"))
+
+    for kind in (*CONNECTION_ERRORS, sqlalchemy.exc.DBAPIError, optuna.exceptions.StorageInternalError):
+        app.add_exception_handler(kind, _database_down)
 
     @app.exception_handler(RequestValidationError)
     async def _request_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -46,6 +68,8 @@ def install(app: FastAPI) -> None:
         code = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse(_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected error in %s %s", request.method, request.url.path, exc_info=exc)
         return JSONResponse(_body("internal_error", type(exc).__name__), status_code=500)
+
+    app.add_exception_handler(Exception, _unexpected)

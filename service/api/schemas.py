@@ -56,6 +56,8 @@ class TrialPublic(BaseModel):
     diagnosis: str | None = Field(description="what its loss curve says: diverged, oscillating, too_slow, healthy")
     metrics: dict[str, float]
     distributions: dict[str, dict[str, Any]] = Field(description="the distribution each param was sampled from")
+    retry_of: int | None = Field(description="the number of the trial this one retries (its worker was lost)")
+    attempt: int = Field(description="1 for an original trial, 2 for its first retry, ...")
     datetime_start: datetime | None
     datetime_complete: datetime | None
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 
 from service.api.deps import RuntimeDep, TeamDep
 from service.api.schemas import (
@@ -31,7 +32,7 @@ _LEASE_LOST = {409: {"description": "the lease is not the trial's current lease;
 )
 def claim(body: ClaimRequest, runtime: RuntimeDep, team: TeamDep) -> Any:
     with runtime.transaction() as session:
-        candidates = trials.claim_candidates(session, team, body.studies)
+        candidates = trials.claim_candidates(session, runtime.storage, team, body.studies)
     # One transaction per study tried: row locks are never held on two studies at once,
     # so concurrent claims cannot deadlock whatever order they try studies in.
     for study_id in candidates:
@@ -54,7 +55,7 @@ def report(trial_id: int, body: ReportRequest, runtime: RuntimeDep, team: TeamDe
 @router.post("/{trial_id}/heartbeat", response_model=HeartbeatResponse, responses=_LEASE_LOST)
 def heartbeat(trial_id: int, body: LeaseRequest, runtime: RuntimeDep, team: TeamDep) -> dict[str, float]:
     with runtime.transaction() as session:
-        trials.heartbeat(session, team, trial_id, body.lease_id, runtime.settings)
+        trials.heartbeat(session, runtime.storage, team, trial_id, body.lease_id, runtime.settings)
     return {"lease_seconds": runtime.settings.lease_seconds}
 
 
@@ -66,3 +67,53 @@ def finish(trial_id: int, body: FinishRequest, runtime: RuntimeDep, team: TeamDe
             body.reason, body.metrics,
         )
     return {"state": state}
+
+
+_CHECKPOINT_BODY = {
+    "requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+}
+
+
+@router.post("/{trial_id}/checkpoint", response_model=ReportResponse, responses=_LEASE_LOST, openapi_extra=_CHECKPOINT_BODY)
+async def checkpoint(
+    trial_id: int,
+    request: Request,
+    runtime: RuntimeDep,
+    team: TeamDep,
+    lease_id: Annotated[str, Query(min_length=1, max_length=36)],
+    step: Annotated[int, Query(ge=0)],
+    value: float,
+) -> dict[str, bool]:
+    """Report the step's value and store the checkpoint taken at that step, in one call.
+
+    The body is the checkpoint's bytes; a retried trial fetches it back with GET."""
+    data = await request.body()
+
+    def _save() -> bool:
+        with runtime.transaction() as session:
+            return trials.checkpoint(
+                session, runtime.storage, runtime.store, team, trial_id, lease_id, step, value, data, runtime.settings
+            )
+
+    return {"prune": await run_in_threadpool(_save)}
+
+
+@router.get(
+    "/{trial_id}/checkpoint",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "the checkpoint; its step in X-HPO-Step"},
+        204: {"description": "no checkpoint up this trial's lineage"},
+        **_LEASE_LOST,
+    },
+)
+def resume_checkpoint(
+    trial_id: int, runtime: RuntimeDep, team: TeamDep, lease_id: Annotated[str, Query(min_length=1, max_length=36)]
+) -> Response:
+    """The checkpoint a retried trial resumes from: the latest one up its lineage."""
+    with runtime.transaction() as session:
+        found = trials.resume_checkpoint(session, runtime.storage, runtime.store, team, trial_id, lease_id)
+    if found is None:
+        return Response(status_code=204)
+    step, data = found
+    return Response(content=data, media_type="application/octet-stream", headers={"X-HPO-Step": str(step)})

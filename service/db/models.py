@@ -76,8 +76,15 @@ class Lease(Base):
     __tablename__ = "hpo_leases"
 
     trial_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # Optuna's trial_id
-    study_id: Mapped[int] = mapped_column(ForeignKey("hpo_studies.id", ondelete="CASCADE"), index=True)
+    # NULL once the study is deleted: the lease stays as a tombstone, so a worker still training
+    # one of its trials gets 410 Gone (not a puzzling 404) and moves on.
+    study_id: Mapped[int | None] = mapped_column(
+        ForeignKey("hpo_studies.id", ondelete="SET NULL"), index=True, nullable=True
+    )
     number: Mapped[int] = mapped_column(Integer)
+    # Lineage: 1 for an original trial; a retry records the number of the trial it retries.
+    attempt: Mapped[int] = mapped_column(Integer, server_default="1", default=1)
+    retry_of: Mapped[int | None] = mapped_column(Integer, nullable=True)
     lease_id: Mapped[str] = mapped_column(String(36), unique=True)
     worker_id: Mapped[str] = mapped_column(String(200))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -86,3 +93,19 @@ class Lease(Base):
     outcome: Mapped[str | None] = mapped_column(String(16), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = _now()
+
+
+class Checkpoint(Base):
+    """The latest checkpoint of a trial, kept in the artifact store (optuna.artifacts)."""
+
+    __tablename__ = "hpo_checkpoints"
+
+    trial_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # Optuna's trial_id
+    # NULL once the study is deleted; the reaper then removes the artifact.
+    study_id: Mapped[int | None] = mapped_column(
+        ForeignKey("hpo_studies.id", ondelete="SET NULL"), index=True, nullable=True
+    )
+    artifact_id: Mapped[str] = mapped_column(String(200))
+    step: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = _now()

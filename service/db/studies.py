@@ -31,11 +31,13 @@ def list_studies(session: Session, team_id: int) -> Sequence[StudyRecord]:
 
 
 def lease_counts(session: Session, study_ids: Sequence[int]) -> dict[int, tuple[int, int]]:
-    """study_id -> (trials claimed so far, trials running now)."""
+    """study_id -> (original trials claimed so far, trials running now).
+
+    Retries don't count against the budget: `n_trials` counts lineages."""
     if not study_ids:
         return {}
     rows = session.execute(
-        select(Lease.study_id, func.count(), func.count().filter(Lease.ended_at.is_(None)))
+        select(Lease.study_id, func.count().filter(Lease.attempt == 1), func.count().filter(Lease.ended_at.is_(None)))
         .where(Lease.study_id.in_(study_ids))
         .group_by(Lease.study_id)
     ).all()
@@ -44,20 +46,22 @@ def lease_counts(session: Session, study_ids: Sequence[int]) -> dict[int, tuple[
     return counts
 
 
-def expired_leases(session: Session, study_id: int, now: datetime) -> Sequence[Lease]:
+def open_leases(session: Session, study_id: int) -> Sequence[Lease]:
     return session.scalars(
-        select(Lease)
-        .where(Lease.study_id == study_id, Lease.ended_at.is_(None), Lease.expires_at < now)
-        .with_for_update()
+        select(Lease).where(Lease.study_id == study_id, Lease.ended_at.is_(None)).with_for_update()
     ).all()
+
+
+def studies_with_open_leases(session: Session) -> Sequence[int]:
+    return session.scalars(select(Lease.study_id).where(Lease.ended_at.is_(None), Lease.study_id.is_not(None)).distinct()).all()
 
 
 def lock_lease(session: Session, trial_id: int) -> Lease | None:
     return session.scalars(select(Lease).where(Lease.trial_id == trial_id).with_for_update()).one_or_none()
 
 
-def workers_by_trial(session: Session, study_id: int) -> dict[int, str]:
-    return dict(session.execute(select(Lease.trial_id, Lease.worker_id).where(Lease.study_id == study_id)).all())
+def leases_by_trial(session: Session, study_id: int) -> dict[int, Lease]:
+    return {lease.trial_id: lease for lease in session.scalars(select(Lease).where(Lease.study_id == study_id))}
 
 
 def now(session: Session) -> datetime:

@@ -5,24 +5,65 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import math
+import warnings
+
 import optuna
-from optuna.storages import BaseStorage
+import psycopg
+import sqlalchemy.exc
+from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial
 
 from service.db.session import engine_kwargs
-from service.errors import Conflict, NotFound
+from service.errors import Conflict, NotFound, ServiceUnavailable
 from service.settings import Settings
+
+
+class RetryPerStudy:
+    """Optuna's RetryHeartbeatStaleTrialCallback, with each study's own budget.max_retries.
+
+    Optuna takes one callback per storage; the engine tells this one each study's limit before
+    it fails stale trials (`retries_for`). A retry inherits the intermediate values, so the
+    learning curve continues where the lost trial's stopped."""
+
+    def __init__(self) -> None:
+        self._max_retries: dict[str, int] = {}
+
+    def retries_for(self, optuna_name: str, max_retries: int) -> None:
+        self._max_retries[optuna_name] = max_retries
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = RetryHeartbeatStaleTrialCallback(
+                max_retry=self._max_retries.get(study.study_name, 0), inherit_intermediate_values=True
+            )
+        retry(study, trial)
 
 
 def make_storage(url: str, settings: Settings) -> BaseStorage:
     """RDBStorage wrapped in Optuna's own per-process cache (what `optuna.load_study` would do).
 
+    Heartbeats are Optuna's: claims, heartbeats and reports record them, and a trial whose last
+    heartbeat is older than the lease is stale (`optuna.storages.fail_stale_trials`).
     Tables are made by `hpo migrate`, never by a serving process."""
-    rdb = optuna.storages.RDBStorage(
-        url,
-        engine_kwargs=engine_kwargs(settings, f"{settings.application_name}-optuna"),
-        skip_table_creation=True,
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        rdb = optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs(settings, f"{settings.application_name}-optuna"),
+            skip_table_creation=True,
+            heartbeat_interval=max(1, math.ceil(settings.heartbeat_seconds)),
+            grace_period=max(1, math.ceil(settings.lease_seconds)),
+            heartbeat_stale_trial_callback=RetryPerStudy(),
+        )
     return optuna.storages.get_storage(rdb)
+
+
+def retry_callback(storage: BaseStorage) -> RetryPerStudy:
+    callback = storage.get_heartbeat_stale_trial_callback()  # type: ignore[attr-defined]
+    assert isinstance(callback, RetryPerStudy)
+    return callback
 
 
 def optuna_study_name(team: str, study: str) -> str:
@@ -41,3 +82,30 @@ def optuna_errors() -> Iterator[None]:
         raise NotFound(f"not found in Optuna's storage: {exc}") from exc
     except optuna.exceptions.UpdateFinishedTrialError as exc:
         raise Conflict(f"trial already finished: {exc}") from exc
+    except optuna.exceptions.StorageInternalError as exc:
+        # Optuna wraps every SQLAlchemy error of a commit in this; when the cause is a lost
+        # connection the caller may retry, anything else is a bug and stays a 500.
+        if database_down(exc):
+            raise ServiceUnavailable("the database is unavailable; retry shortly") from exc
+        raise
+
+
+# What "no database right now" looks like, rather than a bug: connection refused or dropped,
+# an exhausted pool.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+)
+
+
+def database_down(exc: BaseException | None) -> bool:
+    """Whether `exc`, or what it wraps, is a lost or refused database connection."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, CONNECTION_ERRORS):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False

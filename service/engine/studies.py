@@ -68,10 +68,10 @@ def _trials(storage: BaseStorage, record: StudyRecord) -> list[FrozenTrial]:
         return storage.get_all_trials(study_id, deepcopy=False)
 
 
-def state_of(record: StudyRecord, claimed: int, running: int) -> str:
+def state_of(record: StudyRecord, claimed: int, running: int, waiting: int = 0) -> str:
     if record.stopped:
         return "stopped"
-    if claimed >= spec_of(record).budget.n_trials and running == 0:
+    if claimed >= spec_of(record).budget.n_trials and running == 0 and waiting == 0:
         return "finished"
     return "running"
 
@@ -94,7 +94,7 @@ def summary(session: Session, storage: BaseStorage, record: StudyRecord) -> dict
     return {
         "name": record.name,
         "optuna_name": record.optuna_name,
-        "state": state_of(record, claimed, running),
+        "state": state_of(record, claimed, running, counts.get("WAITING", 0)),
         "direction": spec.direction,
         "n_trials": spec.budget.n_trials,
         "counts": {s: counts.get(s, 0) for s in STATES},
@@ -117,26 +117,37 @@ def _diagnosis(spec: StudySpec, trials: list[FrozenTrial]) -> dict[str, Any]:
 
 
 def trials(session: Session, storage: BaseStorage, record: StudyRecord) -> list[dict[str, Any]]:
-    workers = study_rows.workers_by_trial(session, record.id)
-    return [
-        {
-            "trial_id": t._trial_id,
-            "number": t.number,
-            "state": t.state.name,
-            "value": _finite_or_none(t.value),
-            "params": t.params,
-            "intermediate_values": {int(k): _finite_or_none(v) for k, v in sorted(t.intermediate_values.items())},
-            "worker_id": workers.get(t._trial_id) or t.user_attrs.get("worker_id"),
-            "error": t.user_attrs.get("error"),
-            "reason": t.user_attrs.get("reason"),
-            "diagnosis": t.user_attrs.get("diagnosis"),
-            "metrics": t.user_attrs.get("metrics") or {},
-            "distributions": {name: json.loads(distribution_to_json(d)) for name, d in t.distributions.items()},
-            "datetime_start": t.datetime_start,
-            "datetime_complete": t.datetime_complete,
-        }
-        for t in _trials(storage, record)
-    ]
+    leases = study_rows.leases_by_trial(session, record.id)
+    out = []
+    for t in _trials(storage, record):
+        lease = leases.get(t._trial_id)
+        # Lineage (Optuna's retry_history): the trial this one retries and how many attempts so far.
+        history = t.system_attrs.get("retry_history", [])
+        # A retry starts with a copy of its predecessor's user attrs; why a trial ended is only
+        # its own once it has ended.
+        ended = t.state.is_finished()
+        attrs = t.user_attrs if ended else {}
+        out.append(
+            {
+                "trial_id": t._trial_id,
+                "number": t.number,
+                "state": t.state.name,
+                "value": _finite_or_none(t.value),
+                "params": t.params,
+                "intermediate_values": {int(k): _finite_or_none(v) for k, v in sorted(t.intermediate_values.items())},
+                "worker_id": lease.worker_id if lease else t.user_attrs.get("worker_id"),
+                "error": attrs.get("error") or (lease.error if lease and ended else None),
+                "reason": attrs.get("reason") or ("lease_lost" if lease and lease.outcome == "failed" and not attrs.get("error") and ended else None),
+                "diagnosis": attrs.get("diagnosis"),
+                "metrics": attrs.get("metrics") or {},
+                "distributions": {name: json.loads(distribution_to_json(d)) for name, d in t.distributions.items()},
+                "retry_of": history[-1] if history else None,
+                "attempt": len(history) + 1,
+                "datetime_start": t.datetime_start,
+                "datetime_complete": t.datetime_complete,
+            }
+        )
+    return out
 
 
 def stop(record: StudyRecord) -> None:

@@ -8,28 +8,31 @@ from __future__ import annotations
 
 import math
 import uuid
+import warnings
 from collections.abc import Sequence
 from datetime import timedelta
 
 import optuna
 from optuna.storages import BaseStorage
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.orm import Session
 
 from service.db import studies as study_rows
 from service.db.models import Lease, StudyRecord, Team
+from service.engine import checkpoints
 from service.engine.diagnosis import diagnose
+from service.engine.reaper import reap_study, retry_lost_trial
 from service.engine.factories import load_study, suggest
 from service.engine.storage import optuna_errors
 from service.engine.studies import spec_of
-from service.errors import InvalidRequest, LeaseLost, NotFound
+from service.errors import Gone, InvalidRequest, LeaseLost, NotFound
 from service.settings import Settings
 from service.spec import Assignment, FinishState
 
 _OPTUNA_STATE = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
 
 
-def claim_candidates(session: Session, team: Team, only: Sequence[str] | None) -> list[int]:
+def claim_candidates(session: Session, storage: BaseStorage, team: Team, only: Sequence[str] | None) -> list[int]:
     """The team's studies that may have work, least busy (relative to max_concurrent) first.
 
     Read without locks: try_claim re-checks under the study's row lock."""
@@ -40,19 +43,18 @@ def claim_candidates(session: Session, team: Team, only: Sequence[str] | None) -
     ranked = []
     for r in records:
         budget = spec_of(r).budget
-        claimed, running = counts[r.id]
-        # Expired leases still count as running here; try_claim reaps them under the lock.
-        if claimed < budget.n_trials:
+        originals, running = counts[r.id]
+        # Stale leases still count as running here; try_claim reaps them under the lock.
+        if originals < budget.n_trials or _waiting(storage, r):
             ranked.append((running / budget.max_concurrent, r.id))
     return [sid for _, sid in sorted(ranked)]
 
 
-def reap_expired(session: Session, storage: BaseStorage, record: StudyRecord) -> int:
-    """Fail the trials of workers that went silent for a whole lease."""
-    expired = study_rows.expired_leases(session, record.id, study_rows.now(session))
-    for lease in expired:
-        _end(session, storage, record, lease, "failed", None, "lease expired: the worker stopped heartbeating", "lease_expired")
-    return len(expired)
+def _waiting(storage: BaseStorage, record: StudyRecord) -> list[FrozenTrial]:
+    """Trials queued in Optuna: retries of lost trials (and any enqueued in the dashboard)."""
+    with optuna_errors():
+        study_id = storage.get_study_id_from_name(record.optuna_name)
+        return storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,))
 
 
 def try_claim(
@@ -62,15 +64,24 @@ def try_claim(
     if record is None or record.stopped:
         return None
     spec = spec_of(record)
-    reap_expired(session, storage, record)
-    claimed, running = study_rows.lease_counts(session, [record.id])[record.id]
-    if claimed >= spec.budget.n_trials or running >= spec.budget.max_concurrent:
+    reap_study(session, storage, record)
+    originals, running = study_rows.lease_counts(session, [record.id])[record.id]
+    if running >= spec.budget.max_concurrent:
+        return None
+    if originals >= spec.budget.n_trials and not _waiting(storage, record):
         return None
     with optuna_errors():
-        study = load_study(storage, record.optuna_name, spec, n_claimed=claimed)
-        trial = study.ask()
+        study = load_study(storage, record.optuna_name, spec, n_claimed=originals)
+        # A WAITING retry comes first (Optuna pops it), keeping its params and inherited curve.
+        with warnings.catch_warnings():
+            # Optuna expects heartbeats only inside study.optimize; here leases drive them.
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+            trial = study.ask()
         params = suggest(trial, spec)
         trial.set_user_attr("worker_id", worker_id)
+        storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+        history = list(storage.get_trial_system_attrs(trial._trial_id).get("retry_history", []))
+    retry_of = history[-1] if history else None
     lease = Lease(
         trial_id=trial._trial_id,
         study_id=record.id,
@@ -78,9 +89,12 @@ def try_claim(
         lease_id=str(uuid.uuid4()),
         worker_id=worker_id,
         expires_at=study_rows.now(session) + timedelta(seconds=settings.lease_seconds),
+        attempt=len(history) + 1,
+        retry_of=retry_of,
     )
     session.add(lease)
     session.flush()
+    resume = checkpoints.resumable(session, storage, record, history)
     return Assignment(
         trial_id=lease.trial_id,
         lease_id=lease.lease_id,
@@ -91,11 +105,16 @@ def try_claim(
         lease_seconds=settings.lease_seconds,
         heartbeat_seconds=settings.heartbeat_seconds,
         direction=spec.direction,
+        attempt=lease.attempt,
+        retry_of=retry_of,
+        resume_step=None if resume is None else resume.step,
     )
 
 
 def _current_lease(session: Session, team: Team, trial_id: int, lease_id: str) -> tuple[Lease, StudyRecord]:
     lease = study_rows.lock_lease(session, trial_id)
+    if lease is not None and lease.study_id is None:
+        raise Gone(f"trial {trial_id}'s study was deleted; drop the trial and claim other work")
     record = session.get(StudyRecord, lease.study_id) if lease else None
     if lease is None or record is None or record.team_id != team.id:
         raise NotFound(f"no trial with id {trial_id}")
@@ -104,7 +123,10 @@ def _current_lease(session: Session, team: Team, trial_id: int, lease_id: str) -
     return lease, record
 
 
-def _extend(session: Session, lease: Lease, settings: Settings) -> None:
+def _extend(session: Session, storage: BaseStorage, lease: Lease, settings: Settings) -> None:
+    """Optuna's heartbeat decides staleness (the reaper); expires_at shows the lease's horizon."""
+    with optuna_errors():
+        storage.record_heartbeat(lease.trial_id)  # type: ignore[attr-defined]
     lease.expires_at = study_rows.now(session) + timedelta(seconds=settings.lease_seconds)
 
 
@@ -115,9 +137,9 @@ def _live_lease(session: Session, team: Team, trial_id: int, lease_id: str) -> t
     return lease, record
 
 
-def heartbeat(session: Session, team: Team, trial_id: int, lease_id: str, settings: Settings) -> Lease:
+def heartbeat(session: Session, storage: BaseStorage, team: Team, trial_id: int, lease_id: str, settings: Settings) -> Lease:
     lease, _ = _live_lease(session, team, trial_id, lease_id)
-    _extend(session, lease, settings)
+    _extend(session, storage, lease, settings)
     return lease
 
 
@@ -135,7 +157,7 @@ def report(
 
     Reporting the same step twice keeps the first value (Optuna ignores the repeat)."""
     lease, record = _live_lease(session, team, trial_id, lease_id)
-    _extend(session, lease, settings)
+    _extend(session, storage, lease, settings)
     spec = spec_of(record)
     with optuna_errors():
         study = load_study(storage, record.optuna_name, spec)
@@ -144,6 +166,33 @@ def report(
         if record.stopped:
             return True  # a stopped study lets its running trials go at their next report
         return trial.should_prune()
+
+
+def checkpoint(
+    session: Session,
+    storage: BaseStorage,
+    store: checkpoints.ArtifactStore,
+    team: Team,
+    trial_id: int,
+    lease_id: str,
+    step: int,
+    value: float,
+    data: bytes,
+    settings: Settings,
+) -> bool:
+    """A report and the checkpoint taken at the same step, in one call: a retry that resumes
+    from step N has the values of steps 1..N and reports from N+1, so none is lost or doubled."""
+    prune = report(session, storage, team, trial_id, lease_id, step, value, settings)
+    lease, _ = _live_lease(session, team, trial_id, lease_id)
+    checkpoints.save(session, store, lease, step, data)
+    return prune
+
+
+def resume_checkpoint(
+    session: Session, storage: BaseStorage, store: checkpoints.ArtifactStore, team: Team, trial_id: int, lease_id: str
+) -> tuple[int, bytes] | None:
+    _, record = _live_lease(session, team, trial_id, lease_id)
+    return checkpoints.load(session, storage, store, record, trial_id)
 
 
 def finish(
@@ -166,6 +215,9 @@ def finish(
     if state == "complete" and (value is None or not math.isfinite(value)):
         raise InvalidRequest("value: a complete trial needs a finite objective value")
     _end(session, storage, record, lease, state, value, error, reason, metrics)
+    if state == "failed" and reason == "interrupted":
+        # The worker was shut down, not the trial broken: it resumes elsewhere, like a lost one.
+        retry_lost_trial(storage, record, trial_id)
     return state
 
 

@@ -24,6 +24,12 @@ class Assignment(BaseModel):
     lease_seconds: float
     heartbeat_seconds: float
     direction: Literal["minimize", "maximize"] = "minimize"
+    # Lineage: 1 for an original trial; a retry of a trial whose worker went silent has the
+    # number of the trial it retries and, when that lineage saved one, the step of the
+    # checkpoint to resume from (GET /api/v1/trials/{id}/checkpoint).
+    attempt: int = 1
+    retry_of: int | None = None
+    resume_step: int | None = None
 
     def hyperparameters(self) -> dict[str, Any]:
         """Searched params from the service win over the workload's fixed values and the defaults.

@@ -34,6 +34,8 @@ class Workload(BaseModel):
     # The divergence guard: a training loss above this multiple of the first batch's loss (or
     # NaN/inf) stops the trial within the epoch, pruned with the reason `diverged`.
     divergence_factor: float = Field(10.0, gt=1.0, le=1e12)
+    # Save a checkpoint after every epoch (built-in models), so a retried trial resumes from it.
+    checkpoint: bool = True
     # mlp: the order of layers inside each hidden block.
     block: list[Literal["linear", "batchnorm", "relu", "dropout"]] = Field(default_factory=lambda: list(DEFAULT_BLOCK))
     # plugin: `package.module:function`, or the name of an entry point in group `hpo.workloads`.

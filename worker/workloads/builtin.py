@@ -1,8 +1,15 @@
 """Built-in workloads (mlp, cnn): trained in the worker's own process, one epoch at a time.
 
-Each epoch's validation loss is reported; the pruner's answer, a diverged run, a lost lease or a
-stop request end the trial at that epoch. Out of memory fails only the trial, and the device's
-memory is handed back before the worker claims the next one."""
+Each epoch's validation loss is reported (through the trial's Outbox, which queues reports while
+the service is away); the pruner's answer, a diverged run, a lost lease or a stop request end the
+trial at that epoch. Out of memory fails only the trial, and the device's memory is handed back
+before the worker claims the next one.
+
+With `workload.checkpoint` (the default) each epoch's report carries a checkpoint of the run
+(worker/trainer.py), and a retried trial (`resume_step` set) fetches the checkpoint of its
+lineage and continues after it: its first report is at resume_step + 1, and the epochs before
+count towards its best value and metrics. A checkpoint that is missing, cannot be fetched or
+cannot be resumed from means training from scratch."""
 
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ from typing import Any
 
 from service.spec import Assignment
 from worker.client import LeaseLost, ServiceClient
+from worker.outbox import Outbox
 from worker.workloads import TrialOutcome, describe, failure_reason, finite_metrics
 
 log = logging.getLogger("hpo.worker")
@@ -67,16 +75,38 @@ def run_builtin(
     stop: threading.Event,
     device: str,
     data_root: Path | None = None,
+    outbox: Outbox | None = None,
 ) -> TrialOutcome:
-    from worker.trainer import train  # torch is imported only once there is work
+    """Train `a`, reporting every epoch through `outbox` (one of its own if not given: then
+    whatever is still queued at the end is the caller's loss). Raises LeaseLost."""
+    from worker.trainer import CheckpointError, train  # torch is imported only once there is work
 
+    outbox = outbox if outbox is not None else Outbox(client, a)
     progress = _Progress(a.direction)
     # data_root only when set, so a trainer (or a test double) without the keyword still works.
     extra: dict[str, Any] = {} if data_root is None else {"data_root": data_root}
     results = None
     oom = False
     try:
-        results = train(a.workload, a.hyperparameters(), device, **extra)
+        resume = _fetch_checkpoint(a, client)
+        if resume is not None:
+            try:
+                results = train(a.workload, a.hyperparameters(), device, resume=resume[1], **extra)
+            except CheckpointError as exc:
+                log.warning("trial %s#%d: cannot resume from step %d (%s); training from scratch", a.study, a.number, resume[0], exc)
+        if results is None:
+            results = train(a.workload, a.hyperparameters(), device, **extra)
+        resumed_from = getattr(results, "resumed_from", None)
+        if resumed_from is not None:
+            log.info(
+                "resumed trial #%d (attempt %d, retry of #%s) from step %d",
+                a.number, a.attempt, a.retry_of if a.retry_of is not None else "-", resumed_from,
+            )
+        for earlier in getattr(results, "history", ()):
+            progress.add(earlier)  # the epochs before the checkpoint count towards best and metrics
+        # The trainer's checkpoint() is called only when the study wants checkpoints (and a test
+        # double of the trainer may have none).
+        checkpoint = getattr(results, "checkpoint", None) if a.workload.checkpoint else None
         for result in results:
             loss = result.val_loss
             diverged = getattr(result, "diverged", None)
@@ -88,7 +118,8 @@ def run_builtin(
                 why = diverged or f"validation loss is {loss} at epoch {result.epoch}"
                 return progress.outcome("pruned", f"diverged: {why}", "diverged")
             progress.add(result)
-            prune = client.report(a, result.epoch, loss)
+            data = checkpoint() if checkpoint is not None and outbox.checkpoints else None
+            prune = outbox.send(result.epoch, loss, data)
             if lease_lost.is_set():
                 return progress.outcome(None, "lease lost")
             if prune:
@@ -107,7 +138,7 @@ def run_builtin(
         return progress.outcome("failed", detail, reason)
     finally:
         if results is not None and hasattr(results, "close"):
-            results.close()  # a generator left mid-epoch lets go of its tensors now
+            results.close()  # a run left mid-epoch lets go of its tensors now
         del results
         if oom:
             release_device_memory(device)
@@ -117,9 +148,28 @@ def run_builtin(
     return progress.outcome("complete")
 
 
+def _fetch_checkpoint(a: Assignment, client: ServiceClient) -> tuple[int, bytes] | None:
+    """The (step, bytes) a retried trial resumes from; None to train from scratch. Raises LeaseLost."""
+    if a.resume_step is None:
+        return None
+    try:
+        found = client.fetch_checkpoint(a)
+    except LeaseLost:
+        raise
+    except Exception as exc:  # the service is away after the client's retries: start over, lose nothing
+        log.warning("trial %s#%d: cannot fetch its checkpoint (%s); training from scratch", a.study, a.number, exc)
+        return None
+    if found is None:
+        log.info(
+            "trial %s#%d (attempt %d, retry of #%s): no checkpoint to resume from; training from scratch",
+            a.study, a.number, a.attempt, a.retry_of,
+        )
+    return found
+
+
 def release_device_memory(device: str) -> None:
-    """After an out-of-memory failure: collect what the failed trial left, and return the
-    allocator's cached blocks, so the next trial starts with the whole device."""
+    """After an out-of-memory failure or an abandoned trial: collect what the trial left, and
+    return the allocator's cached blocks, so the next trial starts with the whole device."""
     gc.collect()
     if str(device).startswith("cuda"):
         import torch

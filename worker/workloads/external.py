@@ -44,6 +44,7 @@ from typing import Any
 
 from service.spec import Assignment
 from worker.client import LeaseLost, ServiceClient
+from worker.outbox import Outbox
 from worker.workloads import ERROR_CHARS, TrialOutcome, describe, finite_metrics, tail
 from worker.workloads.allow import command_allowed, plugin_allowed, real_path
 
@@ -146,9 +147,14 @@ def _preexec(memory_mb: int | None, parent: int) -> Any:
 class _Relay:
     """The worker's side of the SDK channel for one trial."""
 
-    def __init__(self, a: Assignment, client: ServiceClient, lease_lost: threading.Event) -> None:
+    def __init__(
+        self, a: Assignment, client: ServiceClient, lease_lost: threading.Event, outbox: Outbox | None = None
+    ) -> None:
         self.a = a
         self.client = client
+        # Reports go through the trial's outbox: queued (and the child told "go on") while the
+        # service is away, delivered in order when it answers again.
+        self.outbox = outbox if outbox is not None else Outbox(client, a)
         self.lease_lost = lease_lost
         self._better = min if a.direction == "minimize" else max
         self.best: float | None = None
@@ -224,7 +230,7 @@ class _Relay:
             self._diverge(f"reported value is {value} at step {step}")
             return {"prune": True}
         value = float(value)
-        self.last_prune = self.client.report(self.a, step, value)  # LeaseLost propagates
+        self.last_prune = self.outbox.send(step, value)  # LeaseLost propagates
         self.reports += 1
         self.best = value if self.best is None else self._better(self.best, value)
         return {"prune": self.last_prune}
@@ -302,6 +308,7 @@ def run_user_workload(
     device: str,
     data_root: Path | None,
     policy: Policy,
+    outbox: Outbox | None = None,
 ) -> TrialOutcome:
     argv, why = child_argv(a, policy)
     if argv is None:
@@ -344,7 +351,7 @@ def run_user_workload(
         os.set_blocking(req_r, False)
         # A child that never reads its answers must not block the worker on a full pipe.
         os.set_blocking(ans_w, False)
-        relay = _Relay(a, client, lease_lost)
+        relay = _Relay(a, client, lease_lost, outbox)
         try:
             ended = _supervise(child, relay, req_r, ans_w, stop, timeout)
         except LeaseLost:

@@ -1,0 +1,127 @@
+"""Trial checkpoints in an optuna.artifacts store, so a retried trial resumes where its lost
+predecessor stopped. One checkpoint per trial (the latest epoch's); a retry reads the nearest
+one up its lineage (Optuna's retry_history)."""
+
+from __future__ import annotations
+
+import functools
+import io
+import logging
+import uuid
+from collections.abc import Sequence
+from datetime import timedelta
+
+from optuna.artifacts import Boto3ArtifactStore, FileSystemArtifactStore
+from optuna.artifacts.exceptions import ArtifactNotFound
+from optuna.storages import BaseStorage
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from service.db import studies as study_rows
+from service.db.models import Checkpoint, Lease, StudyRecord
+from service.engine.storage import optuna_errors
+from service.settings import Settings, artifact_dir
+
+log = logging.getLogger("hpo.checkpoints")
+
+ArtifactStore = FileSystemArtifactStore | Boto3ArtifactStore
+
+
+@functools.lru_cache(maxsize=4)
+def _store(directory: str, bucket: str | None) -> ArtifactStore:
+    if bucket:
+        return Boto3ArtifactStore(bucket)  # needs boto3 and AWS credentials in the environment
+    from pathlib import Path
+
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(directory)
+
+
+def artifact_store(settings: Settings) -> ArtifactStore:
+    return _store(str(artifact_dir(settings)), settings.artifact_s3_bucket)
+
+
+def save(session: Session, store: ArtifactStore, lease: Lease, step: int, data: bytes) -> None:
+    """Keep `data` as the trial's checkpoint at `step`, replacing its previous one."""
+    artifact_id = f"checkpoint-{lease.trial_id}-{step}-{uuid.uuid4().hex[:8]}"
+    store.write(artifact_id, io.BytesIO(data))
+    row = session.get(Checkpoint, lease.trial_id, with_for_update=True)
+    previous = None
+    if row is None:
+        session.add(Checkpoint(trial_id=lease.trial_id, study_id=lease.study_id, artifact_id=artifact_id, step=step, size=len(data)))
+    else:
+        previous = row.artifact_id
+        row.artifact_id, row.step, row.size, row.updated_at = artifact_id, step, len(data), study_rows.now(session)
+    session.flush()
+    if previous:
+        _remove(store, previous)
+
+
+def resumable(session: Session, storage: BaseStorage, record: StudyRecord, history: Sequence[int]) -> Checkpoint | None:
+    """The latest checkpoint up a retried trial's lineage (its predecessors, nearest first)."""
+    if not history:
+        return None
+    with optuna_errors():
+        study_id = storage.get_study_id_from_name(record.optuna_name)
+        for number in reversed(history):
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
+            row = session.get(Checkpoint, trial_id)
+            if row is not None:
+                return row
+    return None
+
+
+def load(session: Session, storage: BaseStorage, store: ArtifactStore, record: StudyRecord, trial_id: int) -> tuple[int, bytes] | None:
+    with optuna_errors():
+        history = storage.get_trial_system_attrs(trial_id).get("retry_history", [])
+    row = resumable(session, storage, record, history)
+    if row is None:
+        return None
+    try:
+        with store.open_reader(row.artifact_id) as reader:
+            return row.step, reader.read()
+    except ArtifactNotFound:
+        log.warning("checkpoint %s of trial %s is missing from the artifact store", row.artifact_id, row.trial_id)
+        return None
+
+
+def _remove(store: ArtifactStore, artifact_id: str) -> None:
+    try:
+        store.remove(artifact_id)
+    except ArtifactNotFound:
+        pass
+
+
+def tidy(session: Session, storage: BaseStorage, settings: Settings) -> int:
+    """Remove checkpoints of deleted studies, and of trials finished longer ago than the
+    retention, except each study's best trial's."""
+    store = artifact_store(settings)
+    cutoff = study_rows.now(session) - timedelta(seconds=settings.checkpoint_retention_seconds)
+    rows = session.scalars(
+        select(Checkpoint).where(or_(Checkpoint.study_id.is_(None), Checkpoint.updated_at < cutoff)).with_for_update(skip_locked=True)
+    ).all()
+    best: dict[int, int | None] = {}
+    removed = 0
+    for row in rows:
+        if row.study_id is not None:
+            record = session.get(StudyRecord, row.study_id)
+            if record is None:
+                continue
+            with optuna_errors():
+                if not storage.get_trial(row.trial_id).state.is_finished():
+                    continue
+                if row.study_id not in best:
+                    best[row.study_id] = _best_trial_id(storage, record)
+            if best[row.study_id] == row.trial_id:
+                continue
+        _remove(store, row.artifact_id)
+        session.delete(row)
+        removed += 1
+    return removed
+
+
+def _best_trial_id(storage: BaseStorage, record: StudyRecord) -> int | None:
+    try:
+        return storage.get_best_trial(storage.get_study_id_from_name(record.optuna_name))._trial_id
+    except ValueError:  # no complete trial yet
+        return None
