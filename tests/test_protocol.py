@@ -150,3 +150,19 @@ def test_expired_lease_fails_the_trial_and_frees_the_slot(short_lease_api: Any, 
     assert trial_states(db_url, f"{team}/expiry") == {0: "FAIL", 1: "RUNNING"}
     late = api.post(f"/api/v1/trials/{a['trial_id']}/report", json={"lease_id": a["lease_id"], "step": 1, "value": 0.1}, headers=auth(token))
     assert late.status_code == 409
+
+
+@pytest.mark.parametrize("bad", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_values_are_422_and_change_nothing(api: Any, make_token: Any, team: str, db_url: str, bad: str) -> None:
+    token = make_token(team)
+    api.post("/api/v1/studies", json=digits_definition("finite"), headers=auth(token))
+    a = claim(api, token).json()
+    base = f"/api/v1/trials/{a['trial_id']}"
+    headers = {**auth(token), "Content-Type": "application/json"}
+    report = api.post(f"{base}/report", content=f'{{"lease_id": "{a["lease_id"]}", "step": 1, "value": {bad}}}', headers=headers)
+    finish = api.post(f"{base}/finish", content=f'{{"lease_id": "{a["lease_id"]}", "state": "complete", "value": {bad}}}', headers=headers)
+    ckpt = api.post(f"{base}/checkpoint", params={"lease_id": a["lease_id"], "step": 1, "value": bad}, content=b"x", headers=auth(token))
+    for response in (report, finish, ckpt):
+        assert response.status_code == 422 and "value" in response.json()["detail"], response.text
+    trial = optuna.load_study(study_name=f"{team}/finite", storage=db_url).trials[0]
+    assert trial.state.name == "RUNNING" and trial.intermediate_values == {}

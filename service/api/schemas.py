@@ -77,7 +77,7 @@ class LeaseRequest(BaseModel):
 
 class ReportRequest(LeaseRequest):
     step: int = Field(ge=0)
-    value: float
+    value: float = Field(allow_inf_nan=False, description="finite; a worker handles a NaN loss itself (divergence)")
 
 
 class ReportResponse(BaseModel):
@@ -86,7 +86,7 @@ class ReportResponse(BaseModel):
 
 class FinishRequest(LeaseRequest):
     state: FinishState
-    value: float | None = None
+    value: float | None = Field(None, allow_inf_nan=False)
     error: str | None = Field(None, max_length=10_000)
     reason: str | None = Field(
         None,

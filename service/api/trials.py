@@ -82,7 +82,7 @@ async def checkpoint(
     team: TeamDep,
     lease_id: Annotated[str, Query(min_length=1, max_length=36)],
     step: Annotated[int, Query(ge=0)],
-    value: float,
+    value: Annotated[float, Query(allow_inf_nan=False)],
 ) -> dict[str, bool]:
     """Report the step's value and store the checkpoint taken at that step, in one call.
 
