@@ -12,10 +12,26 @@ class ServiceError(Exception):
         super().__init__(detail)
         self.detail = detail
 
+    def headers(self) -> dict[str, str] | None:
+        """Response headers that go with this error, if any."""
+        return None
+
 
 class Unauthorized(ServiceError):
+    """No token, an unknown one, or one that was revoked or has expired."""
+
     status_code = 401
     code = "unauthorized"
+
+    def headers(self) -> dict[str, str] | None:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(ServiceError):
+    """A valid token whose role may not make this call."""
+
+    status_code = 403
+    code = "forbidden"
 
 
 class NotFound(ServiceError):
@@ -57,3 +73,6 @@ class ServiceUnavailable(ServiceError):
     status_code = 503
     code = "unavailable"
     retry_after = 5
+
+    def headers(self) -> dict[str, str] | None:
+        return {"Retry-After": str(self.retry_after)}

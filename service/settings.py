@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     # Finished trials' checkpoints are removed after this long, except the best trial's.
     checkpoint_retention_seconds: float = Field(24 * 3600.0, ge=0)
 
+    # Only for `hpo token create|list|revoke` through the API (the same names the worker reads).
+    server_url: str | None = None
+    token: str | None = None
+
     pool_size: int = Field(5, ge=1)
     max_overflow: int = Field(5, ge=0)
     pool_timeout: float = Field(30.0, gt=0)

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -83,19 +84,26 @@ def settings(db_url: str) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def make_token(db_url: str, settings: Settings) -> Iterator[Callable[[str], str]]:
+def make_token(db_url: str, settings: Settings) -> Iterator[Callable[..., str]]:
+    """make_token(team) is an admin token of the team (created if new);
+    make_token(team, "viewer", name=..., expires_at=...) one with another role."""
     from service.db.session import make_engine, make_sessionmaker
     from service.db.teams import create_token, ensure_team
 
     engine = make_engine(db_url, settings, application_name="hpo-tests")
     sessions = make_sessionmaker(engine)
 
-    def make(team: str) -> str:
+    def make(team: str, role: str = "admin", **kwargs: Any) -> str:
         with sessions.begin() as session:
-            return create_token(session, ensure_team(session, team))
+            return create_token(session, ensure_team(session, team), role, **kwargs)
 
     yield make
     engine.dispose()
+
+
+def prefix_of(token: str) -> str:
+    """hpo_<8 hex>: the part of a token that names it."""
+    return token[:12]
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from sqlalchemy import text
 
-from service.api import errors, presets, studies, trials
+from service.api import errors, presets, studies, tokens, trials
 from service.api.deps import Runtime
 from service.db.session import make_engine, make_sessionmaker
 from service.engine.checkpoints import artifact_store
@@ -75,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(studies.router)
     app.include_router(trials.router)
     app.include_router(presets.router)
+    app.include_router(tokens.router)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

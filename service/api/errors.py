@@ -20,7 +20,20 @@ from service.errors import ServiceError, ServiceUnavailable
 
 log = logging.getLogger("hpo.api")
 
-
+# Codes for the errors Starlette and FastAPI raise themselves (unknown route, wrong method, ...),
+# the same as our own classes use for the same status.
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    503: "unavailable",
+}
 
 
 def describe_validation(errors: list[dict[str, Any]]) -> str:
@@ -41,8 +54,7 @@ def _body(code: str, detail: str) -> dict[str, str]:
 def install(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, ServiceUnavailable) else None
-        return JSONResponse(_body(exc.code, exc.detail), status_code=exc.status_code, headers=headers)
+        return JSONResponse(_body(exc.code, exc.detail), status_code=exc.status_code, headers=exc.headers())
 
     async def _database_down(request: Request, exc: Exception) -> JSONResponse:
         # The database went away (restart, failover, network): a 503 the client may retry, never a 500.
@@ -65,7 +77,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = HTTP_CODES.get(exc.status_code, "http_error")
         return JSONResponse(_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
 
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

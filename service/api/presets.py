@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from service.api.deps import TeamDep
+from service.api.deps import Reader
 from service.api.schemas import PresetsPublic
 from service.spec import presets
 
@@ -14,8 +14,8 @@ router = APIRouter(prefix="/api/v1/presets", tags=["studies"])
 
 
 @router.get("", response_model=PresetsPublic)
-def list_presets(_team: TeamDep) -> dict[str, Any]:
-    """Each preset's space and fixed values, plain and with `finetune: true`.
+def list_presets(_caller: Reader) -> dict[str, Any]:
+    """Each preset's space and fixed values, plain and with `finetune: true`. Role: viewer, member or admin.
 
     Entries a definition states in `space` or fixes in `workload` override the preset's."""
     out = []

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timezone
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from service.db.models import ROLES
 from service.spec import FinishState
+
+Role = Literal[ROLES]  # type: ignore[valid-type]
 
 
 class BestTrial(BaseModel):
@@ -121,3 +124,67 @@ class PresetPublic(BaseModel):
 
 class PresetsPublic(BaseModel):
     presets: list[PresetPublic]
+
+
+class TokenCreate(BaseModel):
+    """A new token for the caller's team. Unknown fields are refused: a misspelt expiry must not
+    quietly make a token that never expires."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role = Field(description="admin, member, worker or viewer (see the README's Security section)")
+    name: str | None = Field(None, min_length=1, max_length=200, description="what the token is for, e.g. 'gpu-box-3 workers'")
+    expires_in_days: int | None = Field(None, ge=1, le=3650, description="the token stops working after this many days")
+    expires_at: datetime | None = Field(None, description="or: when it stops working (ISO 8601; UTC when no offset is given)")
+
+    @field_validator("expires_at")
+    @classmethod
+    def _future(cls, v: datetime | None) -> datetime | None:
+        if v is None:
+            return v
+        if v.tzinfo is None:
+            v = v.replace(tzinfo=timezone.utc)
+        if v <= datetime.now(timezone.utc):
+            raise ValueError("must be in the future")
+        return v
+
+    @model_validator(mode="after")
+    def _one_expiry(self) -> "TokenCreate":
+        if self.expires_in_days is not None and self.expires_at is not None:
+            raise ValueError("expires_in_days, expires_at: give one of them, not both")
+        return self
+
+
+class TokenPublic(BaseModel):
+    prefix: str = Field(description="the token's visible start, hpo_<8 hex>: how it is named everywhere")
+    role: Role
+    name: str | None
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None = Field(description="updated at most about once a minute")
+    revoked_at: datetime | None
+    active: bool = Field(description="neither revoked nor expired")
+
+
+class TokenCreated(TokenPublic):
+    token: str = Field(description="the token itself; shown only in this answer, only its SHA-256 is stored")
+    team: str
+
+
+class TokensPublic(BaseModel):
+    team: str
+    tokens: list[TokenPublic]
+
+
+class AuditEventPublic(BaseModel):
+    id: int
+    at: datetime
+    actor: str | None = Field(description="the acting token's prefix; null for `hpo token create` on the server host")
+    role: str | None = Field(description="the acting token's role")
+    action: str = Field(description="study.create, study.stop, study.delete, token.create or token.revoke")
+    target: str = Field(description="the study's name or the token's prefix")
+    detail: dict[str, Any]
+
+
+class AuditPublic(BaseModel):
+    events: list[AuditEventPublic]

@@ -9,8 +9,10 @@ import yaml
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from service.api.deps import RuntimeDep, TeamDep
+from service.api.deps import Manager, Reader, RuntimeDep
 from service.api.schemas import StudiesPublic, StudyCreated, StudyPublic, TrialsPublic
+from service.db import audit
+from service.db.teams import Principal
 from service.engine import studies
 from service.errors import InvalidRequest, UnsupportedMediaType
 from service.spec import StudySpec
@@ -51,8 +53,8 @@ def parse_definition(raw: bytes, content_type: str) -> StudySpec:
     },
     responses={409: {"description": "a study with this name exists"}, 422: {"description": "invalid definition"}},
 )
-async def create_study(request: Request, runtime: RuntimeDep, team: TeamDep) -> dict[str, Any]:
-    """Create a study from a definition (JSON or YAML, same schema).
+async def create_study(request: Request, runtime: RuntimeDep, caller: Manager) -> dict[str, Any]:
+    """Create a study from a definition (JSON or YAML, same schema). Role: member or admin.
 
     The answer carries `warnings` for choices that are usually wrong (lr on a linear scale, ...)."""
     spec = parse_definition(await request.body(), request.headers.get("content-type", ""))
@@ -60,43 +62,56 @@ async def create_study(request: Request, runtime: RuntimeDep, team: TeamDep) -> 
 
     def _create() -> dict[str, Any]:
         with runtime.transaction() as session:
-            record = studies.create(session, runtime.storage, team, spec)
+            record = studies.create(session, runtime.storage, caller.team, spec)
+            _audit(session, caller, "study.create", record.name, optuna_name=record.optuna_name, n_trials=spec.budget.n_trials)
             return {**studies.summary(session, runtime.storage, record), "warnings": warnings}
 
     return await run_in_threadpool(_create)
 
 
 @router.get("", response_model=StudiesPublic)
-def list_studies(runtime: RuntimeDep, team: TeamDep) -> dict[str, Any]:
+def list_studies(runtime: RuntimeDep, caller: Reader) -> dict[str, Any]:
+    """The team's studies. Role: viewer, member or admin."""
     with runtime.transaction() as session:
-        return {"studies": [studies.summary(session, runtime.storage, r) for r in studies.list_for_team(session, team)]}
+        records = studies.list_for_team(session, caller.team)
+        return {"studies": [studies.summary(session, runtime.storage, r) for r in records]}
 
 
 @router.get("/{name}", response_model=StudyPublic)
-def get_study(name: str, runtime: RuntimeDep, team: TeamDep) -> dict[str, Any]:
-    """Counts by state and the best trial so far."""
+def get_study(name: str, runtime: RuntimeDep, caller: Reader) -> dict[str, Any]:
+    """Counts by state and the best trial so far. Role: viewer, member or admin."""
     with runtime.transaction() as session:
-        return studies.summary(session, runtime.storage, studies.get(session, team, name))
+        return studies.summary(session, runtime.storage, studies.get(session, caller.team, name))
 
 
 @router.get("/{name}/trials", response_model=TrialsPublic)
-def list_trials(name: str, runtime: RuntimeDep, team: TeamDep) -> dict[str, Any]:
+def list_trials(name: str, runtime: RuntimeDep, caller: Reader) -> dict[str, Any]:
+    """Every trial of the study. Role: viewer, member or admin."""
     with runtime.transaction() as session:
-        return {"trials": studies.trials(session, runtime.storage, studies.get(session, team, name))}
+        return {"trials": studies.trials(session, runtime.storage, studies.get(session, caller.team, name))}
 
 
 @router.post("/{name}/stop", response_model=StudyPublic)
-def stop_study(name: str, runtime: RuntimeDep, team: TeamDep) -> dict[str, Any]:
-    """No more claims; running trials are told to prune at their next report."""
+def stop_study(name: str, runtime: RuntimeDep, caller: Manager) -> dict[str, Any]:
+    """No more claims; running trials are told to prune at their next report. Role: member or admin."""
     with runtime.transaction() as session:
-        record = studies.get(session, team, name, lock=True)
+        record = studies.get(session, caller.team, name, lock=True)
+        was_stopped = record.stopped
         studies.stop(record)
+        _audit(session, caller, "study.stop", record.name, optuna_name=record.optuna_name, was_stopped=was_stopped)
         session.flush()
         return studies.summary(session, runtime.storage, record)
 
 
 @router.delete("/{name}", status_code=204, response_class=Response, responses={404: {"description": "no such study"}})
-def delete_study(name: str, runtime: RuntimeDep, team: TeamDep) -> Response:
+def delete_study(name: str, runtime: RuntimeDep, caller: Manager) -> Response:
+    """Delete the study from Optuna and from ours. Role: member or admin."""
     with runtime.transaction() as session:
-        studies.delete(session, runtime.storage, studies.get(session, team, name, lock=True))
+        record = studies.get(session, caller.team, name, lock=True)
+        _audit(session, caller, "study.delete", record.name, optuna_name=record.optuna_name)
+        studies.delete(session, runtime.storage, record)
     return Response(status_code=204)
+
+
+def _audit(session: Any, caller: Principal, action: str, target: str, **detail: Any) -> None:
+    audit.record(session, caller.team.id, action, target, actor=caller.prefix, role=caller.role, detail=detail)

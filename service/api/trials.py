@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from service.api.deps import RuntimeDep, TeamDep
+from service.api.deps import RuntimeDep, WorkerRole
 from service.api.schemas import (
     ClaimRequest,
     FinishRequest,
@@ -30,9 +30,9 @@ _LEASE_LOST = {409: {"description": "the lease is not the trial's current lease;
     response_model=Assignment,
     responses={200: {"description": "an assignment"}, 204: {"description": "no work right now"}},
 )
-def claim(body: ClaimRequest, runtime: RuntimeDep, team: TeamDep) -> Any:
+def claim(body: ClaimRequest, runtime: RuntimeDep, caller: WorkerRole) -> Any:
     with runtime.transaction() as session:
-        candidates = trials.claim_candidates(session, runtime.storage, team, body.studies)
+        candidates = trials.claim_candidates(session, runtime.storage, caller.team, body.studies)
     # One transaction per study tried: row locks are never held on two studies at once,
     # so concurrent claims cannot deadlock whatever order they try studies in.
     for study_id in candidates:
@@ -44,26 +44,26 @@ def claim(body: ClaimRequest, runtime: RuntimeDep, team: TeamDep) -> Any:
 
 
 @router.post("/{trial_id}/report", response_model=ReportResponse, responses=_LEASE_LOST)
-def report(trial_id: int, body: ReportRequest, runtime: RuntimeDep, team: TeamDep) -> dict[str, bool]:
+def report(trial_id: int, body: ReportRequest, runtime: RuntimeDep, caller: WorkerRole) -> dict[str, bool]:
     with runtime.transaction() as session:
         prune = trials.report(
-            session, runtime.storage, team, trial_id, body.lease_id, body.step, body.value, runtime.settings
+            session, runtime.storage, caller.team, trial_id, body.lease_id, body.step, body.value, runtime.settings
         )
     return {"prune": prune}
 
 
 @router.post("/{trial_id}/heartbeat", response_model=HeartbeatResponse, responses=_LEASE_LOST)
-def heartbeat(trial_id: int, body: LeaseRequest, runtime: RuntimeDep, team: TeamDep) -> dict[str, float]:
+def heartbeat(trial_id: int, body: LeaseRequest, runtime: RuntimeDep, caller: WorkerRole) -> dict[str, float]:
     with runtime.transaction() as session:
-        trials.heartbeat(session, runtime.storage, team, trial_id, body.lease_id, runtime.settings)
+        trials.heartbeat(session, runtime.storage, caller.team, trial_id, body.lease_id, runtime.settings)
     return {"lease_seconds": runtime.settings.lease_seconds}
 
 
 @router.post("/{trial_id}/finish", response_model=FinishResponse, responses=_LEASE_LOST)
-def finish(trial_id: int, body: FinishRequest, runtime: RuntimeDep, team: TeamDep) -> dict[str, str]:
+def finish(trial_id: int, body: FinishRequest, runtime: RuntimeDep, caller: WorkerRole) -> dict[str, str]:
     with runtime.transaction() as session:
         state = trials.finish(
-            session, runtime.storage, team, trial_id, body.lease_id, body.state, body.value, body.error,
+            session, runtime.storage, caller.team, trial_id, body.lease_id, body.state, body.value, body.error,
             body.reason, body.metrics,
         )
     return {"state": state}
@@ -79,7 +79,7 @@ async def checkpoint(
     trial_id: int,
     request: Request,
     runtime: RuntimeDep,
-    team: TeamDep,
+    caller: WorkerRole,
     lease_id: Annotated[str, Query(min_length=1, max_length=36)],
     step: Annotated[int, Query(ge=0)],
     value: Annotated[float, Query(allow_inf_nan=False)],
@@ -92,7 +92,7 @@ async def checkpoint(
     def _save() -> bool:
         with runtime.transaction() as session:
             return trials.checkpoint(
-                session, runtime.storage, runtime.store, team, trial_id, lease_id, step, value, data, runtime.settings
+                session, runtime.storage, runtime.store, caller.team, trial_id, lease_id, step, value, data, runtime.settings
             )
 
     return {"prune": await run_in_threadpool(_save)}
@@ -108,11 +108,11 @@ async def checkpoint(
     },
 )
 def resume_checkpoint(
-    trial_id: int, runtime: RuntimeDep, team: TeamDep, lease_id: Annotated[str, Query(min_length=1, max_length=36)]
+    trial_id: int, runtime: RuntimeDep, caller: WorkerRole, lease_id: Annotated[str, Query(min_length=1, max_length=36)]
 ) -> Response:
     """The checkpoint a retried trial resumes from: the latest one up its lineage."""
     with runtime.transaction() as session:
-        found = trials.resume_checkpoint(session, runtime.storage, runtime.store, team, trial_id, lease_id)
+        found = trials.resume_checkpoint(session, runtime.storage, runtime.store, caller.team, trial_id, lease_id)
     if found is None:
         return Response(status_code=204)
     step, data = found

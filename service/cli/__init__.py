@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from service.cli import server, up
+from service.cli import server, tokens, up
 
 app = typer.Typer(
     add_completion=False,
@@ -16,7 +16,7 @@ app = typer.Typer(
 app.command("migrate")(server.migrate)
 app.command("serve")(server.serve)
 app.command("down")(server.down)
-app.add_typer(server.token_app, name="token")
+app.add_typer(tokens.token_app, name="token")
 app.command("up")(up.up)
 
 

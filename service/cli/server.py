@@ -1,4 +1,4 @@
-"""Commands for the server host: migrate, serve, token, down."""
+"""Commands for the server host: migrate, serve, down (tokens: service/cli/tokens.py)."""
 
 from __future__ import annotations
 
@@ -72,30 +72,3 @@ def down() -> None:
 
     stopped = stop_embedded(get_settings().data_dir)
     typer.echo("embedded database stopped" if stopped else "no embedded database is running")
-
-
-token_app = typer.Typer(help="API tokens (on the server host).", no_args_is_help=True)
-
-
-@token_app.command("create")
-def token_create(team: Annotated[str, typer.Option(help="Team name; created if new")]) -> None:
-    """Create a team token and print it (it is shown only once).
-
-    Example: hpo token create --team vision
-    """
-    import re
-
-    from service.db.session import make_engine, make_sessionmaker
-    from service.db.teams import create_token, ensure_team
-    from service.spec import NAME_PATTERN, NAME_RULE
-
-    if not re.match(NAME_PATTERN, team):
-        raise typer.BadParameter(f"team names are {NAME_RULE}", param_hint="--team")
-    settings = get_settings()
-    engine = make_engine(resolve_database_url(settings), settings, application_name="hpo-cli")
-    try:
-        with make_sessionmaker(engine).begin() as session:
-            token = create_token(session, ensure_team(session, team))
-    finally:
-        engine.dispose()
-    typer.echo(token)

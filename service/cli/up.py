@@ -134,7 +134,10 @@ def up(
     migrate(db_url, settings)
     engine = make_engine(db_url, settings, application_name="hpo-up")
     with make_sessionmaker(engine).begin() as session:
-        token = create_token(session, ensure_team(session, DEMO_TEAM))
+        team = ensure_team(session, DEMO_TEAM)
+        # An admin token for the person at the keyboard; the local workers get a worker token.
+        token = create_token(session, team, "admin", name="hpo up")
+        worker_token = create_token(session, team, "worker", name="hpo up workers")
     engine.dispose()
 
     port = _free_port(port)
@@ -157,9 +160,9 @@ def up(
         )
         processes.append(api)
         _wait_healthy(url, api)
-        console.print(f"API: [cyan]{url}[/] (OpenAPI at {url}/docs)   team token: [yellow]{token}[/]")
+        console.print(f"API: [cyan]{url}[/] (OpenAPI at {url}/docs)   admin token: [yellow]{token}[/]")
         # One CPU thread per worker: on a small machine, workers then don't fight over cores.
-        worker_cmd = [sys.executable, "-m", "worker.cli", "--server", url, "--token", token]
+        worker_cmd = [sys.executable, "-m", "worker.cli", "--server", url, "--token", worker_token]
         if workers > 1:
             worker_cmd += ["--threads", str(max(1, (os.cpu_count() or 1) // workers))]
         for i in range(workers):

@@ -5,7 +5,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, MetaData, String, Text, UniqueConstraint, func
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -15,7 +27,13 @@ NAMING = {
     "uq": "uq_%(table_name)s_%(column_0_name)s",
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
 }
+
+# What a token may do (README, "Security"). admin: everything, including the team's tokens and
+# audit trail; member: create, stop, delete and read studies; worker: the worker protocol only;
+# viewer: read studies and presets.
+ROLES = ("admin", "member", "worker", "viewer")
 
 
 # Our alembic history's own version table; Optuna's alembic keeps `alembic_version`.
@@ -40,15 +58,40 @@ class Team(Base):
 
 class Token(Base):
     __tablename__ = "hpo_tokens"
+    __table_args__ = (CheckConstraint("role IN ('admin', 'member', 'worker', 'viewer')", name="role"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     team_id: Mapped[int] = mapped_column(ForeignKey("hpo_teams.id", ondelete="CASCADE"), index=True)
-    # Only a SHA-256 of the token is stored; the visible prefix lets people tell tokens apart.
+    # Only a SHA-256 of the token is stored; the visible prefix (hpo_<8 hex>) names the token in
+    # listings, revocations and the audit trail, so it is unique.
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    prefix: Mapped[str] = mapped_column(String(16))
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str | None] = mapped_column(String(200), nullable=True)
     created_at: Mapped[datetime] = _now()
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Updated at most about once a minute per token, not on every request.
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     team: Mapped[Team] = relationship(lazy="joined")
+
+
+class AuditEvent(Base):
+    """Who did what to a team's studies and tokens. Written in the same transaction as the action."""
+
+    __tablename__ = "hpo_audit"
+    __table_args__ = (Index("ix_hpo_audit_team_id_id", "team_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    at: Mapped[datetime] = _now()
+    team_id: Mapped[int] = mapped_column(ForeignKey("hpo_teams.id", ondelete="CASCADE"))
+    # The acting token's prefix and role; NULL for `hpo token create` on the server host.
+    actor: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    role: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    action: Mapped[str] = mapped_column(String(32))  # study.create, study.stop, study.delete, token.create, token.revoke
+    target: Mapped[str] = mapped_column(String(200))  # a study name or a token prefix
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONB)
 
 
 class StudyRecord(Base):
@@ -81,6 +124,9 @@ class Lease(Base):
     study_id: Mapped[int | None] = mapped_column(
         ForeignKey("hpo_studies.id", ondelete="SET NULL"), index=True, nullable=True
     )
+    # The team that claimed it: a deleted study's tombstone answers 410 to that team only, and
+    # 404 to every other team, like any trial that is not theirs.
+    team_id: Mapped[int | None] = mapped_column(ForeignKey("hpo_teams.id", ondelete="CASCADE"), nullable=True)
     number: Mapped[int] = mapped_column(Integer)
     # Lineage: 1 for an original trial; a retry records the number of the trial it retries.
     attempt: Mapped[int] = mapped_column(Integer, server_default="1", default=1)

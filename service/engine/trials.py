@@ -85,6 +85,7 @@ def try_claim(
     lease = Lease(
         trial_id=trial._trial_id,
         study_id=record.id,
+        team_id=record.team_id,
         number=trial.number,
         lease_id=str(uuid.uuid4()),
         worker_id=worker_id,
@@ -113,9 +114,10 @@ def try_claim(
 
 def _current_lease(session: Session, team: Team, trial_id: int, lease_id: str) -> tuple[Lease, StudyRecord]:
     lease = study_rows.lock_lease(session, trial_id)
-    if lease is not None and lease.study_id is None:
+    if lease is not None and lease.study_id is None and lease.team_id in (team.id, None):
+        # None: a tombstone from before leases recorded their team.
         raise Gone(f"trial {trial_id}'s study was deleted; drop the trial and claim other work")
-    record = session.get(StudyRecord, lease.study_id) if lease else None
+    record = session.get(StudyRecord, lease.study_id) if lease and lease.study_id is not None else None
     if lease is None or record is None or record.team_id != team.id:
         raise NotFound(f"no trial with id {trial_id}")
     if lease.lease_id != lease_id:
