@@ -50,6 +50,13 @@ class LeaseLost(Conflict):
     code = "lease_lost"
 
 
+class PayloadTooLarge(ServiceError):
+    """The request body is over its size limit (HPO_MAX_BODY_BYTES, HPO_MAX_CHECKPOINT_BYTES)."""
+
+    status_code = 413
+    code = "payload_too_large"
+
+
 class UnsupportedMediaType(ServiceError):
     status_code = 415
     code = "unsupported_media_type"

@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     # Finished trials' checkpoints are removed after this long, except the best trial's.
     checkpoint_retention_seconds: float = Field(24 * 3600.0, ge=0)
 
+    # Request bodies over these sizes get 413 (by Content-Length, and by counting when it is
+    # absent or wrong): JSON/YAML bodies, and the checkpoint upload (octet-stream) separately.
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    max_checkpoint_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+
     # Only for `hpo token create|list|revoke` through the API (the same names the worker reads).
     server_url: str | None = None
     token: str | None = None

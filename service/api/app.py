@@ -10,6 +10,7 @@ from sqlalchemy import text
 
 from service.api import errors, presets, studies, tokens, trials
 from service.api.deps import Runtime
+from service.api.limits import BodyLimit
 from service.db.session import make_engine, make_sessionmaker
 from service.engine.checkpoints import artifact_store
 from service.engine.reaper import Reaper
@@ -76,6 +77,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(trials.router)
     app.include_router(presets.router)
     app.include_router(tokens.router)
+    app.add_middleware(
+        BodyLimit, max_body_bytes=settings.max_body_bytes, max_checkpoint_bytes=settings.max_checkpoint_bytes
+    )
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from service.engine.reaper import outages
 from service.engine.storage import CONNECTION_ERRORS, database_down
@@ -79,6 +80,12 @@ def install(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = HTTP_CODES.get(exc.status_code, "http_error")
         return JSONResponse(_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone_away(request: Request, _: ClientDisconnect) -> JSONResponse:
+        # The client hung up in the middle of its request body: nobody reads this answer.
+        log.info("client disconnected during %s %s", request.method, request.url.path)
+        return JSONResponse(_body("bad_request", "the client disconnected before its request body was complete"), status_code=400)
 
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("unexpected error in %s %s", request.method, request.url.path, exc_info=exc)
