@@ -237,10 +237,10 @@ def test_existing_tokens_become_admins_in_the_migration(new_database: Any) -> No
     """A database from before roles (0002) with a token in it: after `hpo migrate` that token
     is an admin with no expiry."""
     from alembic import command
+    from sqlalchemy import create_engine
 
     from service.migrate import alembic_config, migrate
     from service.settings import Settings
-    from sqlalchemy import create_engine
 
     url = new_database()
     engine = create_engine(url)

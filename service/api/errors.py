@@ -7,7 +7,6 @@ from typing import Any
 
 import optuna
 import sqlalchemy.exc
-
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse

@@ -149,7 +149,7 @@ class TokenCreate(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _one_expiry(self) -> "TokenCreate":
+    def _one_expiry(self) -> TokenCreate:
         if self.expires_in_days is not None and self.expires_at is not None:
             raise ValueError("expires_in_days, expires_at: give one of them, not both")
         return self
