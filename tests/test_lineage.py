@@ -57,7 +57,8 @@ def test_a_lost_trial_is_retried_and_resumes_from_its_checkpoint(short_lease_api
     assert claim(api, token).status_code == 204
 
     time.sleep(2.5)  # the worker goes silent past the grace period
-    assert reap(api) == 1
+    # (The pass may also reap other tests' abandoned trials in the shared database.)
+    assert reap(api) >= 1
     states = {t["number"]: (t["state"], t["attempt"], t["retry_of"]) for t in trials(api, token, "lost")}
     assert states == {0: ("FAIL", 1, None), 1: ("WAITING", 2, 0)}
     assert api.get("/api/v1/studies/lost", headers=auth(token)).json()["state"] == "running"

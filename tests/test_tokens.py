@@ -258,3 +258,14 @@ def test_existing_tokens_become_admins_in_the_migration(new_database: Any) -> No
     assert sql(url, "SELECT role, expires_at, revoked_at FROM hpo_tokens") == [("admin", None, None)]
     with pytest.raises(psycopg.errors.CheckViolation):
         sql(url, "UPDATE hpo_tokens SET role = 'owner'")
+
+
+def test_a_worker_whose_token_is_refused_exits_instead_of_retrying(live_server: Any, make_token: Any, team: str) -> None:
+    from tests.conftest import start_worker
+
+    worker = start_worker(live_server.url, make_token(team, role="viewer"))
+    try:
+        assert worker.wait(timeout=120) == 3
+    finally:
+        if worker.poll() is None:
+            worker.kill()

@@ -80,7 +80,7 @@ def worker(
     import torch
 
     from worker.client import ServiceClient
-    from worker.runner import Runner
+    from worker.runner import Runner, Unauthorized
     from worker.workloads.external import Policy
 
     if threads or settings.threads:
@@ -108,6 +108,9 @@ def worker(
         log.info("user workloads allowed: plugins %s, commands %s", policy.allow_plugins, policy.allow_commands)
     try:
         runner.run(max_trials=max_trials, exit_when_idle=exit_when_idle)
+    except Unauthorized as exc:
+        logging.getLogger("hpo.worker").error("the service refuses this token: %s", exc)
+        raise typer.Exit(3) from exc
     finally:
         client.close()
 

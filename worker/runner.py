@@ -75,6 +75,10 @@ class _Heartbeat(threading.Thread):
         self.join(timeout=5)
 
 
+class Unauthorized(Exception):
+    """The service refuses this worker's token: stop instead of retrying forever."""
+
+
 @dataclass
 class Runner:
     client: ServiceClient
@@ -110,7 +114,13 @@ class Runner:
         while not self.stop.is_set() and (max_trials is None or done < max_trials):
             try:
                 assignment = self.client.claim(self.worker_id, self.studies)
-            except Exception as exc:  # the service is away or refuses: wait and ask again
+            except ServiceError as exc:
+                if exc.status in (401, 403):
+                    # A revoked, expired or wrong-role token will not start working by itself.
+                    raise Unauthorized(exc.detail) from exc
+                log.warning("claim failed: %s", exc)
+                assignment = None
+            except Exception as exc:  # the service is away: wait and ask again
                 log.warning("claim failed: %s", exc)
                 assignment = None
             if assignment is None:
