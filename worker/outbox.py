@@ -176,6 +176,7 @@ class Outbox:
         try:
             # Opened, appended and flushed per line: a worker killed at any moment leaves at most
             # a partial last line.
+            self.ack_log.parent.mkdir(parents=True, exist_ok=True)
             with open(self.ack_log, "a", encoding="utf-8") as f:
                 f.write(json.dumps(line) + "\n")
                 f.flush()

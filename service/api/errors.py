@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from service.engine.reaper import outages
-from service.engine.storage import CONNECTION_ERRORS, database_down
+from service.engine.storage import CONNECTION_ERRORS, database_down, transaction_conflict
 from service.errors import ServiceError, ServiceUnavailable
 
 log = logging.getLogger("hpo.api")
@@ -58,6 +58,9 @@ def install(app: FastAPI) -> None:
 
     async def _database_down(request: Request, exc: Exception) -> JSONResponse:
         # The database went away (restart, failover, network): a 503 the client may retry, never a 500.
+        if transaction_conflict(exc):
+            # A deadlock victim: retryable, but the database is fine (no outage to note).
+            return await _service_error(request, ServiceUnavailable("a concurrent request conflicted; retry"))
         if not database_down(exc):
             return await _unexpected(request, exc)
         log.warning("database unavailable during %s %s: %s", request.method, request.url.path, type(exc).__name__)

@@ -15,12 +15,15 @@ def get_study(session: Session, team_id: int, name: str, *, lock: bool = False) 
     query = select(StudyRecord).where(StudyRecord.team_id == team_id, StudyRecord.name == name)
     if lock:
         # Claims, stops and deletes of one study serialize on this row, across API processes.
-        query = query.with_for_update(of=StudyRecord)
+        query = query.with_for_update(of=StudyRecord, key_share=True)
     return session.scalars(query).one_or_none()
 
 
 def lock_study(session: Session, study_id: int) -> StudyRecord | None:
-    query = select(StudyRecord).where(StudyRecord.id == study_id).with_for_update(of=StudyRecord)
+    # FOR NO KEY UPDATE: serializes claims and reaping of the study, but does not block the
+    # KEY SHARE locks that inserting a lease or checkpoint (foreign keys to this row) takes,
+    # which would otherwise deadlock against a report holding its lease row.
+    query = select(StudyRecord).where(StudyRecord.id == study_id).with_for_update(of=StudyRecord, key_share=True)
     return session.scalars(query).one_or_none()
 
 
@@ -28,6 +31,10 @@ def list_studies(session: Session, team_id: int) -> Sequence[StudyRecord]:
     return session.scalars(
         select(StudyRecord).where(StudyRecord.team_id == team_id).order_by(StudyRecord.created_at, StudyRecord.id)
     ).all()
+
+
+def leased_trial_ids(session: Session, study_id: int) -> set[int]:
+    return set(session.scalars(select(Lease.trial_id).where(Lease.study_id == study_id)))
 
 
 def lease_counts(session: Session, study_ids: Sequence[int]) -> dict[int, tuple[int, int]]:

@@ -12,9 +12,12 @@ import logging
 import math
 import threading
 import time
+import warnings
+from datetime import datetime, timedelta
 
 import optuna
 from optuna.storages import BaseStorage, fail_stale_trials
+from optuna.trial import TrialState
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,7 +25,7 @@ from service.db import studies as study_rows
 from service.db.models import StudyRecord
 from service.engine import checkpoints
 from service.engine.factories import load_study
-from service.engine.storage import optuna_errors, retry_callback
+from service.engine.storage import database_down, optuna_errors, retry_callback
 from service.engine.studies import spec_of
 from service.settings import Settings
 
@@ -61,21 +64,48 @@ def _study(storage: BaseStorage, record: StudyRecord) -> optuna.Study:
 def reap_study(session: Session, storage: BaseStorage, record: StudyRecord) -> int:
     """Fail (and maybe retry) the study's stale trials, and end their leases. Call it holding
     the study's row lock, inside the caller's transaction."""
-    if not outages.settled(_grace(storage)):
+    grace = _grace(storage)
+    if not outages.settled(grace):
         return 0
     with optuna_errors():
-        fail_stale_trials(_study(storage, record))
+        study = _study(storage, record)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            fail_stale_trials(study)
         ended = 0
         for lease in study_rows.open_leases(session, record.id):
             if storage.get_trial(lease.trial_id).state.is_finished():
                 lease.ended_at = study_rows.now(session)
-                lease.outcome = "failed"
+                # Not "failed": a late finish(failed) from the lost worker must still get 409.
+                lease.outcome = "lost"
                 lease.error = (
                     f"lease lost: no heartbeat from worker {lease.worker_id} for more than the "
                     "grace period; failed by the reaper"
                 )
                 ended += 1
+        ended += _fail_orphans(session, storage, study, record, grace)
     return ended
+
+
+def _fail_orphans(session: Session, storage: BaseStorage, study: optuna.Study, record: StudyRecord, grace: float) -> int:
+    """RUNNING trials without a lease: a claim asked Optuna for the trial (which commits at
+    once) but died before its lease committed (API killed, database gone). Without a lease no
+    worker has it; older than the grace period, it is failed and retried like a lost one."""
+    leased = study_rows.leased_trial_ids(session, record.id)
+    cutoff = datetime.now() - timedelta(seconds=grace)  # Optuna stores naive local start times
+    orphans = [
+        t
+        for t in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,))
+        if t._trial_id not in leased and t.datetime_start is not None and t.datetime_start < cutoff
+    ]
+    for t in orphans:
+        try:
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        retry_callback(storage)(study, storage.get_trial(t._trial_id))
+        log.warning("failed orphaned trial %s#%d (claimed, but its lease never committed)", record.name, t.number)
+    return len(orphans)
 
 
 def _grace(storage: BaseStorage) -> float:
@@ -127,7 +157,8 @@ class Reaper(threading.Thread):
                 if n:
                     log.info("reaper: failed %d stale trial(s)", n)
             except Exception as exc:  # the database may be away; the next tick tries again
-                outages.note()
+                if database_down(exc):
+                    outages.note()
                 log.warning("reaper tick failed: %s", exc)
 
     def stop(self) -> None:

@@ -85,7 +85,7 @@ def optuna_errors() -> Iterator[None]:
     except optuna.exceptions.StorageInternalError as exc:
         # Optuna wraps every SQLAlchemy error of a commit in this; when the cause is a lost
         # connection the caller may retry, anything else is a bug and stays a 500.
-        if database_down(exc):
+        if database_down(exc) or transaction_conflict(exc):
             raise ServiceUnavailable("the database is unavailable; retry shortly") from exc
         raise
 
@@ -101,11 +101,21 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def database_down(exc: BaseException | None) -> bool:
-    """Whether `exc`, or what it wraps, is a lost or refused database connection."""
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
     seen = 0
     while exc is not None and seen < 10:
-        if isinstance(exc, CONNECTION_ERRORS):
-            return True
+        yield exc
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
-    return False
+
+
+def transaction_conflict(exc: BaseException | None) -> bool:
+    """A deadlock or serialization failure: PostgreSQL rolled one side back; retrying works."""
+    # SQLSTATE class 40: transaction rollback (40P01 deadlock, 40001 serialization failure).
+    return any(isinstance(e, psycopg.Error) and (e.sqlstate or "").startswith("40") for e in _chain(exc))
+
+
+def database_down(exc: BaseException | None) -> bool:
+    """Whether `exc`, or what it wraps, is a lost or refused database connection."""
+    if transaction_conflict(exc):
+        return False
+    return any(isinstance(e, CONNECTION_ERRORS) for e in _chain(exc))

@@ -68,6 +68,12 @@ def _trials(storage: BaseStorage, record: StudyRecord) -> list[FrozenTrial]:
         return storage.get_all_trials(study_id, deepcopy=False)
 
 
+def originals(trials: list[FrozenTrial]) -> int:
+    """Lineages started: every trial that is not a retry (Optuna's retry_history). Counted from
+    Optuna, not from leases, so a trial whose claim died before its lease committed counts too."""
+    return sum(1 for t in trials if not t.system_attrs.get("retry_history"))
+
+
 def state_of(record: StudyRecord, claimed: int, running: int, waiting: int = 0) -> str:
     if record.stopped:
         return "stopped"
@@ -94,7 +100,7 @@ def summary(session: Session, storage: BaseStorage, record: StudyRecord) -> dict
     return {
         "name": record.name,
         "optuna_name": record.optuna_name,
-        "state": state_of(record, claimed, running, counts.get("WAITING", 0)),
+        "state": state_of(record, originals(trials), running, counts.get("WAITING", 0)),
         "direction": spec.direction,
         "n_trials": spec.budget.n_trials,
         "counts": {s: counts.get(s, 0) for s in STATES},
@@ -137,7 +143,7 @@ def trials(session: Session, storage: BaseStorage, record: StudyRecord) -> list[
                 "intermediate_values": {int(k): _finite_or_none(v) for k, v in sorted(t.intermediate_values.items())},
                 "worker_id": lease.worker_id if lease else t.user_attrs.get("worker_id"),
                 "error": attrs.get("error") or (lease.error if lease and ended else None),
-                "reason": attrs.get("reason") or ("lease_lost" if lease and lease.outcome == "failed" and not attrs.get("error") and ended else None),
+                "reason": attrs.get("reason") or ("lease_lost" if lease and lease.outcome == "lost" and ended else None),
                 "diagnosis": attrs.get("diagnosis"),
                 "metrics": attrs.get("metrics") or {},
                 "distributions": {name: json.loads(distribution_to_json(d)) for name, d in t.distributions.items()},

@@ -24,7 +24,7 @@ from service.engine.diagnosis import diagnose
 from service.engine.reaper import reap_study, retry_lost_trial
 from service.engine.factories import load_study, suggest
 from service.engine.storage import optuna_errors
-from service.engine.studies import spec_of
+from service.engine.studies import originals, spec_of
 from service.errors import Gone, InvalidRequest, LeaseLost, NotFound
 from service.settings import Settings
 from service.spec import Assignment, FinishState
@@ -65,13 +65,17 @@ def try_claim(
         return None
     spec = spec_of(record)
     reap_study(session, storage, record)
-    originals, running = study_rows.lease_counts(session, [record.id])[record.id]
+    _, running = study_rows.lease_counts(session, [record.id])[record.id]
     if running >= spec.budget.max_concurrent:
         return None
-    if originals >= spec.budget.n_trials and not _waiting(storage, record):
+    with optuna_errors():
+        all_trials = storage.get_all_trials(storage.get_study_id_from_name(record.optuna_name), deepcopy=False)
+    started = originals(all_trials)
+    waiting = [t for t in all_trials if t.state == TrialState.WAITING]
+    if started >= spec.budget.n_trials and not waiting:
         return None
     with optuna_errors():
-        study = load_study(storage, record.optuna_name, spec, n_claimed=originals)
+        study = load_study(storage, record.optuna_name, spec, n_claimed=started)
         # A WAITING retry comes first (Optuna pops it), keeping its params and inherited curve.
         with warnings.catch_warnings():
             # Optuna expects heartbeats only inside study.optimize; here leases drive them.
