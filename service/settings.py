@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
     max_checkpoint_bytes: int = Field(256 * 1024 * 1024, ge=1024)
 
+    # The built-in optuna-dashboard (/dashboard): its login cookie is `Secure` unless this is
+    # false (plain-http local use: `hpo up`, tests); a login lasts this long at most.
+    cookie_secure: bool = True
+    dashboard_session_seconds: float = Field(8 * 3600.0, gt=0)
+
     # Only for `hpo token create|list|revoke` through the API (the same names the worker reads).
     server_url: str | None = None
     token: str | None = None

@@ -259,6 +259,18 @@ def test_dashboard_serves_the_same_database(services):
     assert depends_on(dashboard)["migrate"] == COMPLETED
 
 
+def test_only_the_api_port_is_published_by_default(services):
+    """The API serves the dashboard itself at /dashboard, behind a login; the standalone
+    optuna-dashboard (no login, every team's studies) starts only with its profile."""
+    assert services["dashboard"].get("profiles") == ["standalone-dashboard"]
+    default = {name for name, service in services.items() if not service.get("profiles")}
+    assert default == SERVICES - {"dashboard"}
+    published = {name for name in default if services[name].get("ports")}
+    assert published == {"api"}
+    # Even on request, the standalone dashboard binds to loopback unless told otherwise.
+    assert str(services["dashboard"]["ports"][0]).startswith("${HPO_DASHBOARD_BIND:-127.0.0.1}:")
+
+
 def test_migrate_api_and_dashboard_share_one_database_url(services):
     urls = {
         "migrate": environment(services["migrate"])["HPO_DATABASE_URL"],

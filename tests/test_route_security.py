@@ -9,6 +9,7 @@ trial or token -> 404, and on list routes it sees nothing of ours. Nothing of ou
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 from fastapi.routing import APIRoute
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from tests.conftest import auth, digits_definition, prefix_of
 
@@ -28,6 +29,10 @@ ADMIN = ("admin",)
 OPEN_ROUTES = {("GET", "/healthz"), ("GET", "/readyz")}
 # Starlette's own routes for the documentation; they hold no team data.
 DOC_ROUTES = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+# optuna-dashboard, mounted at /dashboard (service/api/dashboard.py): the login form is open, every
+# other path needs a dashboard session, and writes need member or admin.
+DASHBOARD = "/dashboard"
+DASHBOARD_OPEN = {("GET", "/dashboard/login"), ("POST", "/dashboard/login"), ("POST", "/dashboard/logout")}
 # Path parameters that name a team's resource, and so must be 404 to every other team.
 RESOURCE_PARAMS = {"name", "trial_id", "prefix"}
 
@@ -212,6 +217,10 @@ def test_every_route_is_in_the_schema_and_classified(api: Any) -> None:
         for method in route.methods:
             assert (method, path) in documented, f"{method} {path} is not in /openapi.json"
     for route in others:
+        if isinstance(route, Mount):
+            # Only the dashboard is mounted; test_dashboard_routes_need_a_session covers it.
+            assert route.path == DASHBOARD, f"unexpected mount {route!r}: classify it in this test"
+            continue
         assert isinstance(route, Route) and route.path in DOC_ROUTES, f"unexpected route {route!r}"
     for method, path in documented:
         expected_roles(method, path)
@@ -332,3 +341,41 @@ def test_open_routes_stay_open(api: Any) -> None:
     assert api.get("/healthz").json() == {"status": "ok"}
     assert api.get("/readyz").json() == {"status": "ready"}
     assert api.get("/openapi.json").status_code == 200
+
+
+def dashboard_calls() -> list[tuple[str, str]]:
+    """Every route of optuna-dashboard's own app, as the path it has under /dashboard."""
+    import optuna_dashboard
+    from optuna.storages import InMemoryStorage
+
+    out = []
+    for route in optuna_dashboard.wsgi(InMemoryStorage()).routes:
+        path = route.rule
+        path = path.replace("<study_id:int>", "1").replace("<trial_id:int>", "1").replace("<:re:(/.*)?>", "/studies/1")
+        path = re.sub(r"<[^>]+>", "x", path)
+        assert "<" not in path, route.rule
+        out.append((route.method, DASHBOARD + path))
+    assert len(out) >= 25
+    return out
+
+
+def test_dashboard_routes_need_a_session(api: Any, world: World) -> None:
+    """No session, or a made-up one: HTML redirects to the login form and the JSON API is 401;
+    a viewer's session may read but not write (403)."""
+    login = api.post("/dashboard/login", data={"token": world.tokens["viewer"]}, follow_redirects=False)
+    viewer = {"Cookie": f"hpo_dashboard={login.cookies['hpo_dashboard']}"}
+    before = snapshot(api, world)  # after the login, which the audit trail notes
+    for method, path in dashboard_calls():
+        assert (method, path) not in DASHBOARD_OPEN
+        for cookie in ({}, {"Cookie": "hpo_dashboard=made-up"}):
+            response = api.request(method, path, headers=cookie, json={}, follow_redirects=False)
+            if path.startswith("/dashboard/api/"):
+                assert response.status_code == 401 and response.json()["error"] == "unauthorized", (method, path)
+            else:
+                assert response.status_code == 303 and response.headers["location"] == "/dashboard/login", (method, path)
+        if method not in ("GET", "HEAD"):
+            response = api.request(method, path, headers=viewer, json={}, follow_redirects=False)
+            assert response.status_code == 403 and response.json()["error"] == "forbidden", (method, path)
+    for method, path in DASHBOARD_OPEN:
+        assert api.request(method, path, follow_redirects=False).status_code in (200, 303, 401), (method, path)
+    assert snapshot(api, world) == before

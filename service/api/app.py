@@ -9,6 +9,8 @@ from fastapi import FastAPI, Request
 from sqlalchemy import text
 
 from service.api import errors, presets, studies, tokens, trials
+from service.api.dashboard import PREFIX as DASHBOARD_PREFIX
+from service.api.dashboard import Dashboard
 from service.api.deps import Runtime
 from service.api.limits import BodyLimit
 from service.db.session import make_engine, make_sessionmaker
@@ -77,6 +79,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(trials.router)
     app.include_router(presets.router)
     app.include_router(tokens.router)
+    # optuna-dashboard, behind a login with a team token (service/api/dashboard.py).
+    app.mount(DASHBOARD_PREFIX, Dashboard(), name="dashboard")
     app.add_middleware(
         BodyLimit, max_body_bytes=settings.max_body_bytes, max_checkpoint_bytes=settings.max_checkpoint_bytes
     )

@@ -181,7 +181,7 @@ class AuditEventPublic(BaseModel):
     at: datetime
     actor: str | None = Field(description="the acting token's prefix; null for `hpo token create` on the server host")
     role: str | None = Field(description="the acting token's role")
-    action: str = Field(description="study.create, study.stop, study.delete, token.create or token.revoke")
+    action: str = Field(description="study.create, study.stop, study.delete, token.create, token.revoke or dashboard.login")
     target: str = Field(description="the study's name or the token's prefix")
     detail: dict[str, Any]
 

@@ -142,7 +142,8 @@ def up(
 
     port = _free_port(port)
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "HPO_DATABASE_URL": db_url, "HPO_PORT": str(port), "HPO_HOST": "127.0.0.1"}
+    # Plain http on loopback: the dashboard login cookie cannot be `Secure` here.
+    env = {**os.environ, "HPO_DATABASE_URL": db_url, "HPO_PORT": str(port), "HPO_HOST": "127.0.0.1", "HPO_COOKIE_SECURE": "false"}
     processes: list[subprocess.Popen[bytes]] = []
     # In the demo the progress bar owns the terminal; the processes log to files instead.
     logs = settings.data_dir / "logs"

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from service.db.models import AuditEvent
 
-ACTIONS = ("study.create", "study.stop", "study.delete", "token.create", "token.revoke")
+ACTIONS = ("study.create", "study.stop", "study.delete", "token.create", "token.revoke", "dashboard.login")
 
 
 def record(

@@ -89,7 +89,7 @@ class AuditEvent(Base):
     # The acting token's prefix and role; NULL for `hpo token create` on the server host.
     actor: Mapped[str | None] = mapped_column(String(16), nullable=True)
     role: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    action: Mapped[str] = mapped_column(String(32))  # study.create, study.stop, study.delete, token.create, token.revoke
+    action: Mapped[str] = mapped_column(String(32))  # study.create, study.stop, study.delete, token.create, token.revoke, dashboard.login
     target: Mapped[str] = mapped_column(String(200))  # a study name or a token prefix
     detail: Mapped[dict[str, Any]] = mapped_column(JSONB)
 
@@ -155,3 +155,16 @@ class Checkpoint(Base):
     step: Mapped[int] = mapped_column(Integer)
     size: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = _now()
+
+
+class DashboardSession(Base):
+    """A login to the built-in optuna-dashboard (/dashboard). The cookie holds a random id; only
+    its SHA-256 is stored, with the token it was opened with: revoking or expiring that token
+    ends the session too."""
+
+    __tablename__ = "hpo_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("hpo_tokens.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = _now()
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
