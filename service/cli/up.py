@@ -162,6 +162,7 @@ def up(
         processes.append(api)
         _wait_healthy(url, api)
         console.print(f"API: [cyan]{url}[/] (OpenAPI at {url}/docs)   admin token: [yellow]{token}[/]")
+        console.print(f"optuna-dashboard: [cyan]{url}/dashboard[/] (log in with the admin token)")
         # One CPU thread per worker: on a small machine, workers then don't fight over cores.
         worker_cmd = [sys.executable, "-m", "worker.cli", "--server", url, "--token", worker_token]
         if workers > 1:
