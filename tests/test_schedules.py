@@ -17,7 +17,13 @@ from service.spec.hyperparameters import SCHEDULES, TRAINING_PARAMS
 from worker.schedules import build_schedule, lr_of
 
 # Any warning from torch's schedulers (step order, deprecated epoch argument) fails a test.
-pytestmark = pytest.mark.filterwarnings("error")
+# Errors on any warning the schedules raise (torch warns about misordered steps); a warning
+# about some earlier test's object being garbage-collected here is not this test's concern.
+pytestmark = [
+    pytest.mark.filterwarnings("error"),
+    pytest.mark.filterwarnings("default::pytest.PytestUnraisableExceptionWarning"),
+    pytest.mark.filterwarnings("default::ResourceWarning"),
+]
 
 DEFAULTS = {name: rule.default for name, rule in TRAINING_PARAMS.items()}
 LR0 = 0.1
