@@ -31,7 +31,7 @@ from service.spec import Assignment
 from worker.client import LeaseLost, ServiceClient, ServiceError
 from worker.outbox import Outbox, refused
 from worker.workloads import TrialOutcome
-from worker.workloads.builtin import release_device_memory, run_builtin
+from worker.workloads.builtin import release_device_memory, run_builtin, run_lr_finder
 from worker.workloads.external import Policy, run_user_workload
 
 log = logging.getLogger("hpo.worker")
@@ -207,8 +207,9 @@ class Runner:
             self.client.finish(a, outcome.state, outcome.value, outcome.error, retry_for=retry_for)
 
     def _execute(self, a: Assignment, heartbeat: _Heartbeat, outbox: Outbox) -> TrialOutcome:
-        if a.workload.is_builtin:
-            return run_builtin(
+        if a.task == "lr_finder" or a.workload.is_builtin:
+            run = run_lr_finder if a.task == "lr_finder" else run_builtin
+            return run(
                 a,
                 client=self.client,
                 lease_lost=heartbeat.lost,

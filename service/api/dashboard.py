@@ -23,7 +23,6 @@ import html
 import re
 import threading
 from importlib.resources import files
-from typing import Any
 from urllib.parse import parse_qs
 
 import optuna_dashboard

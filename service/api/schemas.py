@@ -36,6 +36,19 @@ class StudyPublic(BaseModel):
     created_at: datetime
     definition: dict[str, Any]
     diagnosis: Diagnosis
+    kind: str = Field(description="search, lr_sweep or lr_finder")
+    lr_sweep: dict[str, Any] | None = Field(
+        None,
+        description="an lr_sweep's U-curve: points (lr, mean, values, diverged), best_lr, range (the lrs within "
+        "tolerance of the best), divergence_lr, interior (the best is not at an end of the grid)",
+    )
+    lr_finder: dict[str, Any] | None = Field(
+        None, description="an LR range test's curve (lrs, smoothed losses) and its suggestion (low, high, ...)"
+    )
+    lr_range: dict[str, Any] | None = Field(
+        None,
+        description="auto_lr_range: status (pending, narrowed, failed), original and narrowed lr range, the range test's study",
+    )
 
 
 class StudyCreated(StudyPublic):

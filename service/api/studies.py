@@ -97,7 +97,7 @@ def stop_study(name: str, runtime: RuntimeDep, caller: Manager) -> dict[str, Any
     with runtime.transaction() as session:
         record = studies.get(session, caller.team, name, lock=True)
         was_stopped = record.stopped
-        studies.stop(record)
+        studies.stop(session, record)
         _audit(session, caller, "study.stop", record.name, optuna_name=record.optuna_name, was_stopped=was_stopped)
         session.flush()
         return studies.summary(session, runtime.storage, record)

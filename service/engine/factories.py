@@ -27,8 +27,9 @@ def suggest(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
     parent's value has no case."""
     fixed = {**defaults_for(spec.workload.model), **spec.workload.fixed}
     values: dict[str, Any] = {}
-    for name in active_order(spec.space):
-        param = spec.space[name]
+    space = spec.search_space()
+    for name in active_order(space):
+        param = space[name]
         if isinstance(param, ConditionalParam):
             parent = values[param.on] if param.on in values else fixed.get(param.on)
             case = param.case_for(parent)
@@ -48,6 +49,11 @@ def _suggest_one(trial: optuna.Trial, name: str, p: PlainParam) -> Any:
 
 
 def _grid(spec: StudySpec) -> dict[str, list[Any]]:
+    if spec.kind == "lr_sweep" and spec.sweep is not None:
+        sweep: dict[str, list[Any]] = {"lr": spec.sweep.grid()}
+        if spec.sweep.seeds > 1:
+            sweep["seed"] = list(range(spec.sweep.seeds))
+        return sweep
     grid: dict[str, list[Any]] = {}
     for name, p in spec.space.items():
         if isinstance(p, CategoricalParam):

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from service.db import studies as study_rows
 from service.db.models import StudyRecord, Team
+from service.engine import lr_analysis
 from service.engine.diagnosis import DIAGNOSES, Diagnosed, hints
 from service.engine.diagnosis import counts as diagnosis_counts
 from service.engine.storage import optuna_errors, optuna_study_name
@@ -30,6 +31,19 @@ def spec_of(record: StudyRecord) -> StudySpec:
 
 
 def create(session: Session, storage: BaseStorage, team: Team, spec: StudySpec) -> StudyRecord:
+    # The LR range test of auto_lr_range is a study of its own (its curve is per batch, not per
+    # epoch, and must not feed this study's pruner or sampler); claims run it before this one's
+    # trials. Both names are checked before either is created: Optuna's storage commits apart
+    # from our transaction, so a half-made pair would leave an Optuna study behind.
+    specs = [spec, spec.finder_spec()] if spec.auto_lr_range else [spec]
+    for s in specs:
+        if study_rows.get_study(session, team.id, s.name) is not None:
+            raise Conflict(f"a study named '{s.name}' already exists in team '{team.name}'")
+    records = [_create_one(session, storage, team, s) for s in specs]
+    return records[0]
+
+
+def _create_one(session: Session, storage: BaseStorage, team: Team, spec: StudySpec) -> StudyRecord:
     if study_rows.get_study(session, team.id, spec.name) is not None:
         raise Conflict(f"a study named '{spec.name}' already exists in team '{team.name}'")
     record = StudyRecord(
@@ -108,6 +122,10 @@ def summary(session: Session, storage: BaseStorage, record: StudyRecord) -> dict
         "created_at": record.created_at,
         "definition": record.spec,
         "diagnosis": _diagnosis(spec, trials),
+        "kind": spec.kind,
+        "lr_sweep": lr_analysis.sweep_result(spec, trials),
+        "lr_finder": lr_analysis.finder_result(spec, trials),
+        "lr_range": lr_analysis.lr_range_info(session, storage, record, spec),
     }
 
 
@@ -156,11 +174,27 @@ def trials(session: Session, storage: BaseStorage, record: StudyRecord) -> list[
     return out
 
 
-def stop(record: StudyRecord) -> None:
-    record.stopped = True
+def _companions(session: Session, record: StudyRecord) -> list[StudyRecord]:
+    """The study's LR range test (auto_lr_range), which lives and dies with it."""
+    spec = spec_of(record)
+    if not spec.auto_lr_range:
+        return []
+    finder = study_rows.get_study(session, record.team_id, lr_analysis.finder_name(spec), lock=True)
+    return [] if finder is None else [finder]
+
+
+def stop(session: Session, record: StudyRecord) -> None:
+    for r in [record, *_companions(session, record)]:
+        r.stopped = True
 
 
 def delete(session: Session, storage: BaseStorage, record: StudyRecord) -> None:
+    for companion in _companions(session, record):
+        _delete_one(session, storage, companion)
+    _delete_one(session, storage, record)
+
+
+def _delete_one(session: Session, storage: BaseStorage, record: StudyRecord) -> None:
     with optuna_errors():
         try:
             storage.delete_study(storage.get_study_id_from_name(record.optuna_name))

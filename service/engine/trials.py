@@ -23,6 +23,7 @@ from service.engine import checkpoints
 from service.engine.diagnosis import diagnose
 from service.engine.reaper import reap_study, retry_lost_trial
 from service.engine.factories import load_study, suggest
+from service.engine.lr_analysis import effective_spec, finder_name
 from service.engine.storage import optuna_errors
 from service.engine.studies import originals, spec_of
 from service.errors import Gone, InvalidRequest, LeaseLost, NotFound
@@ -38,7 +39,9 @@ def claim_candidates(session: Session, storage: BaseStorage, team: Team, only: S
     Read without locks: try_claim re-checks under the study's row lock."""
     records = [r for r in study_rows.list_studies(session, team.id) if not r.stopped]
     if only:
-        records = [r for r in records if r.name in set(only)]
+        # A study's LR range test (auto_lr_range) is part of it: a worker asked for the study runs it.
+        wanted = set(only) | {finder_name(spec_of(r)) for r in records if r.name in set(only) and spec_of(r).auto_lr_range}
+        records = [r for r in records if r.name in wanted]
     counts = study_rows.lease_counts(session, [r.id for r in records])
     ranked = []
     for r in records:
@@ -65,6 +68,10 @@ def try_claim(
         return None
     spec = spec_of(record)
     reap_study(session, storage, record)
+    narrowed = effective_spec(session, storage, record, spec)
+    if narrowed is None:
+        return None  # its LR range test (a study of its own) has not finished yet
+    spec = narrowed
     _, running = study_rows.lease_counts(session, [record.id])[record.id]
     if running >= spec.budget.max_concurrent:
         return None
@@ -86,6 +93,10 @@ def try_claim(
         storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
         history = list(storage.get_trial_system_attrs(trial._trial_id).get("retry_history", []))
     retry_of = history[-1] if history else None
+    workload = spec.workload
+    if "seed" in params and spec.kind == "lr_sweep":
+        # A sweep's seed axis: the workload's seed, moved per run (data split, init, shuffle).
+        workload = workload.model_copy(update={"seed": workload.seed + int(params.pop("seed"))})
     lease = Lease(
         trial_id=trial._trial_id,
         study_id=record.id,
@@ -106,13 +117,15 @@ def try_claim(
         study=record.name,
         number=trial.number,
         params=params,
-        workload=spec.workload,
+        workload=workload,
         lease_seconds=settings.lease_seconds,
         heartbeat_seconds=settings.heartbeat_seconds,
         direction=spec.direction,
         attempt=lease.attempt,
         retry_of=retry_of,
         resume_step=None if resume is None else resume.step,
+        task="lr_finder" if spec.kind == "lr_finder" else "train",
+        finder=spec.finder if spec.kind == "lr_finder" else None,
     )
 
 
@@ -243,7 +256,8 @@ def _end(
         # lease ends here, and Optuna's record stays as it is.
         frozen = storage.get_trial(lease.trial_id)
         if not frozen.state.is_finished():
-            study = load_study(storage, record.optuna_name, spec_of(record))
+            spec = spec_of(record)
+            study = load_study(storage, record.optuna_name, spec)
             trial = optuna.trial.Trial(study, lease.trial_id)
             # User attributes, so optuna-dashboard shows why a trial ended and what its curve says.
             if error:
@@ -256,7 +270,8 @@ def _end(
             sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
             curve = [sign * v for _, v in sorted(frozen.intermediate_values.items())]
             start = (metrics or {}).get("initial_val_loss")
-            verdict = diagnose(curve, reason=reason, start=None if start is None else sign * start)
+            # An LR range test's curve runs over lrs, not epochs: the epoch diagnosis does not apply.
+            verdict = None if spec.kind == "lr_finder" else diagnose(curve, reason=reason, start=None if start is None else sign * start)
             if verdict is not None:
                 trial.set_user_attr("diagnosis", verdict)
             study.tell(trial, value if state == "complete" else None, state=_OPTUNA_STATE[state], skip_if_finished=True)

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from service.spec.hyperparameters import defaults_for
+from service.spec.lr_range import LrFinder
 from service.spec.workload import Workload
 
 FinishState = Literal["complete", "pruned", "failed"]
@@ -30,6 +31,10 @@ class Assignment(BaseModel):
     attempt: int = 1
     retry_of: int | None = None
     resume_step: int | None = None
+    # train: train the workload with `params`. lr_finder: run the LR range test (`finder`) on
+    # it instead, reporting the smoothed loss of batch i as step i.
+    task: Literal["train", "lr_finder"] = "train"
+    finder: LrFinder | None = None
 
     def hyperparameters(self) -> dict[str, Any]:
         """Searched params from the service win over the workload's fixed values and the defaults.

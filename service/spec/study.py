@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.spec import presets
+from service.spec.lr_range import LrFinder, LrSweep
 from service.spec.hyperparameters import USER_PARAM_NAME, ParamRule, defaults_for, rules_for
 from service.spec.space import CategoricalParam, ConditionalParam, FloatParam, IntParam, Param, case_key
 from service.spec.workload import Workload
@@ -48,8 +49,20 @@ class Budget(_Strict):
     max_retries: int = Field(0, ge=0, le=100)
 
 
+STUDY_KINDS = ("search", "lr_sweep", "lr_finder")
+# The LR range test that `auto_lr_range` runs first is a study of its own, named after its parent.
+FINDER_SUFFIX = "-lr-finder"
+
+
 class StudySpec(_Strict):
     name: str = Field(pattern=NAME_PATTERN, description=NAME_RULE)
+    # search: sample `space` with `sampler`. lr_sweep: every lr of a log grid (`sweep`), all else
+    # fixed in `workload`. lr_finder: one LR range test run (`finder`) on a built-in model.
+    kind: Literal[STUDY_KINDS] = "search"  # type: ignore[valid-type]
+    sweep: LrSweep | None = None
+    finder: LrFinder | None = None
+    # A search study that first runs the LR range test and narrows its lr range to the suggestion.
+    auto_lr_range: bool = False
     direction: Literal["minimize", "maximize"] = "minimize"
     workload: Workload = Field(default_factory=Workload)
     # Adds the recommended ranges for one optimizer to `space` (entries given in `space` or fixed
@@ -65,7 +78,112 @@ class StudySpec(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _expand_preset(cls, data: Any) -> Any:
-        return presets.apply(data) if isinstance(data, dict) else data
+        if not isinstance(data, dict):
+            return data
+        kind = data.get("kind", "search")
+        if kind in ("lr_sweep", "lr_finder"):
+            # The whole curve is the point: no pruning unless asked for; and a grid for the sweep.
+            data = {"pruner": {"kind": "none"}, **data}
+            if kind == "lr_sweep":
+                data.setdefault("sweep", {})
+                data.setdefault("sampler", {"kind": "grid", "seed": 0})
+            else:
+                data.setdefault("finder", {})
+            if data.get("preset") is not None and not data.get("space"):
+                # A preset contributes its fixed values (the optimizer); the lr is the sweep's.
+                applied = presets.apply({**data, "space": {}})
+                return {**applied, "space": {}}
+        return presets.apply(data)
+
+    @model_validator(mode="after")
+    def _kind_fits(self) -> StudySpec:
+        if self.kind == "search":
+            if self.sweep is not None:
+                raise ValueError("sweep: only for kind lr_sweep")
+            if self.finder is not None and not self.auto_lr_range:
+                raise ValueError("finder: only for kind lr_finder, or with auto_lr_range: true")
+            if self.auto_lr_range:
+                self._check_auto_lr_range()
+            return self
+        if self.auto_lr_range:
+            raise ValueError(f"auto_lr_range: only for kind search, not {self.kind}")
+        if self.space:
+            raise ValueError(f"space: a {self.kind} searches only the lr and fixes everything else; put fixed values in workload")
+        rules = rules_for(self.workload.model)
+        if rules is not None and "lr" not in rules:
+            raise ValueError(f"kind: workload '{self.workload.model}' has no lr to sweep")
+        if self.kind == "lr_sweep":
+            if self.sampler.kind != "grid":
+                raise ValueError(f"sampler.kind: an lr_sweep samples its grid; got {self.sampler.kind}")
+            assert self.sweep is not None
+            if "lr" in self.workload.fixed:
+                raise ValueError("workload.lr: an lr_sweep sets the lr; remove it from the workload")
+            self.budget.n_trials = len(self.sweep.grid()) * self.sweep.seeds
+        else:
+            if not self.workload.is_builtin:
+                raise ValueError(f"kind: the LR range test runs the built-in models (mlp, cnn), not '{self.workload.model}'")
+            self.budget.n_trials = 1
+            self.budget.max_concurrent = 1
+        return self
+
+    def _check_auto_lr_range(self) -> None:
+        if not self.workload.is_builtin:
+            raise ValueError(f"auto_lr_range: the LR range test runs the built-in models (mlp, cnn), not '{self.workload.model}'")
+        lr = self.space.get("lr")
+        if not isinstance(lr, FloatParam):
+            raise ValueError("auto_lr_range: needs space.lr as a float parameter (not conditional, not categorical)")
+        optimizer = self.space.get("optimizer")
+        if isinstance(optimizer, CategoricalParam) and len(optimizer.choices) > 1:
+            raise ValueError(
+                "auto_lr_range: the LR range test runs one optimizer, and lr ranges differ between optimizers; "
+                "fix the optimizer in workload (or give one choice)"
+            )
+        if len(self.name) + len(FINDER_SUFFIX) > 63:
+            raise ValueError(f"name: with auto_lr_range at most {63 - len(FINDER_SUFFIX)} characters (its range test is '<name>{FINDER_SUFFIX}')")
+
+    def search_space(self) -> dict[str, Param]:
+        """The parameters the sampler draws: `space`, or the sweep's lr (and seed)."""
+        if self.kind == "lr_sweep" and self.sweep is not None:
+            space: dict[str, Param] = {"lr": FloatParam(type="float", low=self.sweep.low, high=self.sweep.high, log=True)}
+            if self.sweep.seeds > 1:
+                space["seed"] = IntParam(type="int", low=0, high=self.sweep.seeds - 1)
+            return space
+        return dict(self.space)
+
+    def with_lr_range(self, low: float, high: float) -> StudySpec:
+        """This spec with its lr distribution narrowed (auto_lr_range)."""
+        lr = self.space["lr"]
+        assert isinstance(lr, FloatParam)
+        space = {**self.space, "lr": lr.model_copy(update={"low": low, "high": high})}
+        return self.model_copy(update={"space": space})
+
+    def finder_spec(self) -> StudySpec:
+        """The LR range test study that `auto_lr_range` runs first: this workload, with every
+        other searched parameter fixed at its middle (geometric for log ranges) or first choice."""
+        fixed = dict(self.workload.fixed)
+        for name, p in self.space.items():
+            if name == "lr":
+                continue
+            if isinstance(p, CategoricalParam):
+                fixed[name] = p.choices[0]
+            elif isinstance(p, (FloatParam, IntParam)):
+                mid = (p.low * p.high) ** 0.5 if p.log else (p.low + p.high) / 2
+                fixed[name] = round(mid) if isinstance(p, IntParam) else mid
+            elif isinstance(p, ConditionalParam):
+                continue  # cases depend on a parent; the workload's default holds for the test
+        workload = self.workload.model_dump(exclude_none=True)
+        workload = {k: v for k, v in workload.items() if k not in fixed}
+        workload.update(fixed)
+        return StudySpec.model_validate(
+            {
+                "name": self.name + FINDER_SUFFIX,
+                "kind": "lr_finder",
+                "direction": self.direction,
+                "workload": workload,
+                "finder": (self.finder or LrFinder()).model_dump(),
+                "budget": {"n_trials": 1, "max_concurrent": 1, "max_retries": self.budget.max_retries},
+            }
+        )
 
     @model_validator(mode="after")
     def _space_fits_workload(self) -> StudySpec:

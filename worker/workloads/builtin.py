@@ -148,6 +148,49 @@ def run_builtin(
     return progress.outcome("complete")
 
 
+def run_lr_finder(
+    a: Assignment,
+    *,
+    client: ServiceClient,
+    lease_lost: threading.Event,
+    stop: threading.Event,
+    device: str,
+    data_root: Path | None = None,
+    outbox: Outbox | None = None,
+) -> TrialOutcome:
+    """The LR range test: each batch's smoothed loss reported as step = batch index (the
+    service knows the lr of every step). The objective is the lowest smoothed loss."""
+    from worker.lr_finder import lr_range_test  # torch is imported only once there is work
+
+    assert a.finder is not None
+    outbox = outbox if outbox is not None else Outbox(client, a)
+    best: float | None = None
+    best_lr: float | None = None
+    steps = 0
+    try:
+        for step, lr, loss in lr_range_test(a.workload, a.hyperparameters(), a.finder, device, data_root=data_root):
+            steps = step + 1
+            if best is None or loss < best:
+                best, best_lr = loss, lr
+            outbox.send(step, loss)  # no pruner: the whole curve is the point
+            if lease_lost.is_set():
+                return TrialOutcome(None, best, "lease lost", steps, None, {})
+            if stop.is_set():
+                return TrialOutcome("failed", best, f"worker stopped by signal at step {step}", steps, "interrupted", {})
+    except LeaseLost:
+        raise
+    except Exception as exc:  # one broken trial must not take the worker down
+        reason = failure_reason(exc)
+        detail = describe(exc)
+        traceback.clear_frames(exc.__traceback__)
+        if reason == "oom":
+            release_device_memory(device)
+        return TrialOutcome("failed", best, detail, steps, reason, {})
+    if best is None:
+        return TrialOutcome("failed", None, "the range test produced no finite loss", steps, "diverged", {})
+    return TrialOutcome("complete", best, None, steps, None, finite_metrics({"steps": steps, "min_loss_lr": best_lr}))
+
+
 def _fetch_checkpoint(a: Assignment, client: ServiceClient) -> tuple[int, bytes] | None:
     """The (step, bytes) a retried trial resumes from; None to train from scratch. Raises LeaseLost."""
     if a.resume_step is None:
