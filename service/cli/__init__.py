@@ -1,4 +1,5 @@
-"""The `hpo` command line: server-host commands here, `hpo worker` handed to the worker package."""
+"""The `hpo` command line: server-host commands, the study commands (through hpo_client), and
+`hpo worker` handed to the worker package."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import sys
 
 import typer
 
-from service.cli import server, tokens, up
+from service.cli import server, studies, tokens, up
 
 app = typer.Typer(
     add_completion=False,
@@ -18,6 +19,7 @@ app.command("serve")(server.serve)
 app.command("down")(server.down)
 app.add_typer(tokens.token_app, name="token")
 app.command("up")(up.up)
+studies.register(app)
 
 
 @app.command(

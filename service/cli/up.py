@@ -12,11 +12,13 @@ import sys
 import time
 from typing import Annotated, Any
 
-import httpx
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from hpo_client import Client
+from hpo_client.config import write_config
+from hpo_client.models import Study
 from service.cli.server import resolve_database_url
 from service.settings import get_settings
 
@@ -65,15 +67,13 @@ def _free_port(preferred: int) -> int:
 
 def _wait_healthy(url: str, api: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if api.poll() is not None:
-            raise typer.Exit(f"the API exited with code {api.returncode}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+    with Client(url, None, timeout=2) as client:
+        while time.monotonic() < deadline:
+            if api.poll() is not None:
+                raise typer.Exit(f"the API exited with code {api.returncode}")
+            if client.health():
                 return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
+            time.sleep(0.3)
     raise typer.Exit("the API did not become healthy in time")
 
 
@@ -88,7 +88,7 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
             p.kill()
 
 
-def _watch(client: httpx.Client, name: str, n_trials: int) -> dict[str, Any]:
+def _watch(client: Client, name: str, n_trials: int) -> Study:
     columns = [
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -99,15 +99,15 @@ def _watch(client: httpx.Client, name: str, n_trials: int) -> dict[str, Any]:
     with Progress(*columns, console=console) as progress:
         task = progress.add_task(name, total=n_trials, line="")
         while True:
-            study = client.get(f"/api/v1/studies/{name}").raise_for_status().json()
-            c = study["counts"]
-            best = study["best_trial"]
+            study = client.study(name)
+            c = study.counts
+            best = study.best_trial
             line = (
                 f"complete {c['COMPLETE']}  pruned {c['PRUNED']}  failed {c['FAIL']}  running {c['RUNNING']}"
-                f"  best {best['value']:.4f}" if best else f"complete {c['COMPLETE']}  pruned {c['PRUNED']}  running {c['RUNNING']}"
+                f"  best {best.value:.4f}" if best else f"complete {c['COMPLETE']}  pruned {c['PRUNED']}  running {c['RUNNING']}"
             )
-            progress.update(task, completed=c["COMPLETE"] + c["PRUNED"] + c["FAIL"], line=line)
-            if study["state"] != "running":
+            progress.update(task, completed=study.finished, line=line)
+            if not study.running:
                 return study
             time.sleep(1.0)
 
@@ -163,6 +163,7 @@ def up(
         _wait_healthy(url, api)
         console.print(f"API: [cyan]{url}[/] (OpenAPI at {url}/docs)   admin token: [yellow]{token}[/]")
         console.print(f"optuna-dashboard: [cyan]{url}/dashboard[/] (log in with the admin token)")
+        _write_client_config(url, token)
         # One CPU thread per worker: on a small machine, workers then don't fight over cores.
         worker_cmd = [sys.executable, "-m", "worker.cli", "--server", url, "--token", worker_token]
         if workers > 1:
@@ -204,24 +205,34 @@ def dashboard_binary() -> str:
     return os.path.join(os.path.dirname(sys.executable), "optuna-dashboard")
 
 
+def _write_client_config(url: str, token: str) -> None:
+    """So that `hpo studies`, `hpo status ...` and hpo_client find this server and token."""
+    try:
+        path = write_config(url, token)
+    except OSError as exc:
+        console.print(f"[yellow]could not write the client config ({exc}); pass --server and --token to hpo commands[/]")
+        return
+    console.print(f"client config: [cyan]{path}[/] (server and admin token for `hpo studies`, `hpo status`, ...)")
+
+
 def _run_demo(url: str, token: str, n_trials: int, epochs: int) -> None:
     name = time.strftime("digits-demo-%Y%m%d-%H%M%S")
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as client:
-        client.post("/api/v1/studies", json=demo_definition(name, n_trials, epochs)).raise_for_status()
+    with Client(url, token, timeout=30) as client:
+        client.submit(demo_definition(name, n_trials, epochs))
         console.print(f"submitted study [bold]{name}[/] ({n_trials} trials, {epochs} epochs each, median pruning)")
         started = time.monotonic()
         study = _watch(client, name, n_trials)
-    c = study["counts"]
+    c = study.counts
     console.print(
         f"done in {time.monotonic() - started:.0f}s: {c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed"
     )
-    best = study["best_trial"]
+    best = study.best_trial
     if best:
-        console.print(f"best trial #{best['number']}: validation loss {best['value']:.4f}")
-        for k, v in best["params"].items():
+        console.print(f"best trial #{best.number}: validation loss {best.value:.4f}")
+        for k, v in best.params.items():
             console.print(f"  {k} = {v:.6g}" if isinstance(v, float) else f"  {k} = {v}")
-    counts = study["diagnosis"]["counts"]
+    counts = study.diagnosis.counts
     console.print("loss curves: " + ", ".join(f"{n} {d}" for d, n in counts.items() if n))
-    for hint in study["diagnosis"]["hints"]:
+    for hint in study.diagnosis.hints:
         console.print(f"  hint: {hint}")
-    console.print(f"Optuna study name: [bold]{study['optuna_name']}[/]")
+    console.print(f"Optuna study name: [bold]{study.optuna_name}[/]")

@@ -1,0 +1,51 @@
+"""A Python client for the hpo service's study API.
+
+    from hpo_client import Client
+
+    with Client("http://127.0.0.1:8000", "hpo_...") as hpo:
+        study = hpo.submit("examples/digits_adam.yaml")
+        print(hpo.best(study.name))
+
+Only httpx, pydantic, pydantic-settings and PyYAML: it imports nothing of the service."""
+
+from hpo_client.client import PLOT_KINDS, Client
+from hpo_client.config import ClientSettings, load_settings, write_config
+from hpo_client.errors import (
+    AuthError,
+    ConfigError,
+    ConflictError,
+    HpoError,
+    InvalidDefinitionError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    ServerError,
+    ServerUnreachable,
+    ServiceUnavailable,
+)
+from hpo_client.models import BestTrial, Diagnosis, Preset, Study, StudyCreated, Trial
+
+__all__ = [
+    "PLOT_KINDS",
+    "AuthError",
+    "BestTrial",
+    "Client",
+    "ClientSettings",
+    "ConfigError",
+    "ConflictError",
+    "Diagnosis",
+    "HpoError",
+    "InvalidDefinitionError",
+    "InvalidRequestError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "Preset",
+    "ServerError",
+    "ServerUnreachable",
+    "ServiceUnavailable",
+    "Study",
+    "StudyCreated",
+    "Trial",
+    "load_settings",
+    "write_config",
+]

@@ -1,0 +1,162 @@
+"""A thin, typed client for the study API (httpx + pydantic). No service code is imported."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import yaml
+
+from hpo_client.errors import HpoError, ServerUnreachable, error_from_response
+from hpo_client.models import BestTrial, Preset, Study, StudyCreated, Trial
+
+PLOT_KINDS = ("history", "curves", "lr", "importance", "parallel")
+YAML_SUFFIXES = (".yaml", ".yml")
+
+Definition = Mapping[str, Any] | str | Path
+
+
+class Client:
+    """The study API as one team's token sees it.
+
+    >>> with Client("http://127.0.0.1:8000", "hpo_...") as hpo:
+    ...     hpo.submit("examples/digits_adam.yaml")
+    ...     hpo.best("digits-adam")
+
+    Every method raises a subclass of :class:`hpo_client.errors.HpoError` carrying the
+    service's message: NotFoundError, ConflictError, InvalidRequestError, AuthError,
+    ServerError, ServerUnreachable."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None,
+        timeout: float = 30.0,
+        *,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        headers = {"Accept": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Client({self.url!r})"
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ServerUnreachable(
+                f"cannot reach {self.url}: {exc or type(exc).__name__}", method=method, path=path
+            ) from exc
+        if response.status_code >= 400:
+            raise error_from_response(response)
+        return response
+
+    @staticmethod
+    def _study_path(name: str, *rest: str) -> str:
+        # Names are [a-z0-9_.-]; quoting keeps anything else from walking to another route.
+        return "/".join(["/api/v1/studies", quote(name, safe=""), *rest])
+
+    # -- studies ----------------------------------------------------------------------------
+
+    def health(self) -> bool:
+        """True when the service process answers /healthz (needs no token)."""
+        try:
+            return self._request("GET", "/healthz").json().get("status") == "ok"
+        except HpoError:
+            return False
+
+    def submit(self, definition: Definition, *, name: str | None = None) -> StudyCreated:
+        """Create a study from a definition: a dict, or the path of a YAML or JSON file (sent as
+        is, so the service's messages point into it). `name` overrides the definition's name.
+        The answer carries `warnings` about choices that are usually wrong."""
+        if isinstance(definition, (str, Path)):
+            path = Path(definition)
+            raw = path.read_bytes()
+            is_yaml = path.suffix.lower() in YAML_SUFFIXES or (
+                path.suffix.lower() != ".json" and not raw.lstrip().startswith((b"{", b"["))
+            )
+            if name is None:
+                media = "application/yaml" if is_yaml else "application/json"
+                return StudyCreated.model_validate(
+                    self._request("POST", "/api/v1/studies", content=raw, headers={"Content-Type": media}).json()
+                )
+            try:
+                loaded = yaml.safe_load(raw) if is_yaml else json.loads(raw)
+            except (ValueError, yaml.YAMLError) as exc:
+                raise ValueError(f"{path}: not valid {'YAML' if is_yaml else 'JSON'}: {exc}") from exc
+            if not isinstance(loaded, dict):
+                raise ValueError(f"{path}: the study definition must be a mapping")
+            definition = loaded
+        body = dict(definition)
+        if name is not None:
+            body["name"] = name
+        return StudyCreated.model_validate(self._request("POST", "/api/v1/studies", json=body).json())
+
+    def studies(self) -> list[Study]:
+        """The team's studies."""
+        return [Study.model_validate(s) for s in self._request("GET", "/api/v1/studies").json()["studies"]]
+
+    def study(self, name: str) -> Study:
+        """One study: state, counts by trial state, best trial, diagnosis."""
+        return Study.model_validate(self._request("GET", self._study_path(name)).json())
+
+    def trials(self, name: str) -> list[Trial]:
+        """Every trial of the study, in the service's order (by number)."""
+        return [Trial.model_validate(t) for t in self._request("GET", self._study_path(name, "trials")).json()["trials"]]
+
+    def best(self, name: str) -> BestTrial | None:
+        """The best complete trial so far, or None when no trial is complete."""
+        return self.study(name).best_trial
+
+    def stop(self, name: str) -> Study:
+        """No more trials are handed out; running ones are pruned at their next report."""
+        return Study.model_validate(self._request("POST", self._study_path(name, "stop")).json())
+
+    def delete(self, name: str) -> None:
+        """Delete the study and its trials, in Optuna's storage too. There is no undo."""
+        self._request("DELETE", self._study_path(name))
+
+    def plot(self, name: str, kind: str) -> bytes:
+        """A PNG of the study: history, curves, lr, importance or parallel."""
+        path = self._study_path(name, "plots", quote(kind, safe=""))
+        return self._request("GET", path, headers={"Accept": "image/png"}).content
+
+    def report(self, name: str) -> str:
+        """The study's report, one self-contained HTML document."""
+        return self._request("GET", self._study_path(name, "report"), headers={"Accept": "text/html"}).text
+
+    def presets(self) -> list[Preset]:
+        """The presets a definition can name, with what each expands to."""
+        return [Preset.model_validate(p) for p in self._request("GET", "/api/v1/presets").json()["presets"]]
+
+    def wait(self, name: str, *, poll: float = 2.0, timeout: float | None = None) -> Study:
+        """Poll until the study is no longer running (finished or stopped) and return it.
+        Raises TimeoutError after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            study = self.study(name)
+            if not study.running:
+                return study
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"study '{name}' is still running after {timeout}s")
+            time.sleep(poll)

@@ -1,0 +1,95 @@
+"""What the service answers, as pydantic models mirroring its response schemas.
+
+Every model keeps fields it does not know (``extra="allow"``): a newer server's additions (e.g.
+``lr_sweep`` on a study) pass through and are reachable as attributes and in ``model_extra``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Optuna's trial states, as the service names them.
+RUNNING, COMPLETE, PRUNED, FAIL, WAITING = "RUNNING", "COMPLETE", "PRUNED", "FAIL", "WAITING"
+FINISHED_STATES = (COMPLETE, PRUNED, FAIL)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class BestTrial(_Model):
+    number: int
+    value: float
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Diagnosis(_Model):
+    counts: dict[str, int] = Field(default_factory=dict, description="finished trials by diagnosis")
+    hints: list[str] = Field(default_factory=list, description="plain advice drawn from the diagnoses")
+
+
+class Study(_Model):
+    name: str
+    optuna_name: str = Field(description="the name in Optuna's storage and optuna-dashboard: <team>/<study>")
+    state: str = Field(description="running, stopped or finished")
+    direction: str = "minimize"
+    n_trials: int
+    counts: dict[str, int] = Field(default_factory=dict, description="trials by Optuna state")
+    best_trial: BestTrial | None = None
+    created_at: datetime | None = None
+    definition: dict[str, Any] = Field(default_factory=dict)
+    diagnosis: Diagnosis = Field(default_factory=Diagnosis)
+
+    def count(self, state: str) -> int:
+        return self.counts.get(state, 0)
+
+    @property
+    def finished(self) -> int:
+        """Trials that ended (complete, pruned or failed), retried failures included."""
+        return sum(self.count(s) for s in FINISHED_STATES)
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+
+class StudyCreated(Study):
+    warnings: list[str] = Field(default_factory=list, description="choices that are usually wrong; the study was created anyway")
+
+
+class Trial(_Model):
+    trial_id: int
+    number: int
+    state: str
+    value: float | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    intermediate_values: dict[int, float | None] = Field(default_factory=dict, description="step (epoch) -> validation loss")
+    worker_id: str | None = None
+    error: str | None = None
+    reason: str | None = None
+    diagnosis: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    distributions: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    retry_of: int | None = None
+    attempt: int = 1
+    datetime_start: datetime | None = None
+    datetime_complete: datetime | None = None
+
+    @property
+    def last_step(self) -> int | None:
+        return max(self.intermediate_values) if self.intermediate_values else None
+
+    @property
+    def last_value(self) -> float | None:
+        """The latest reported validation loss (the highest step), or None before the first report."""
+        step = self.last_step
+        return None if step is None else self.intermediate_values[step]
+
+
+class Preset(_Model):
+    name: str
+    fixed: dict[str, Any] = Field(default_factory=dict)
+    space: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    finetune_space: dict[str, dict[str, Any]] = Field(default_factory=dict)
