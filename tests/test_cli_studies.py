@@ -205,16 +205,9 @@ def test_delete_asks_first(flags: tuple[str, ...], tmp_path: Path) -> None:
 # -- plot, report -----------------------------------------------------------------------------
 
 
-def _skip_while_route_missing(result: Result, what: str) -> None:
-    # The CLI says so when FastAPI answers 404 for the route itself (not "no study named ...").
-    if result.exit_code == 1 and "has no route" in result.stderr:
-        pytest.skip(f"the server has no {what} route yet")
-
-
 def test_plot(driven: dict[str, Any], flags: tuple[str, ...], tmp_path: Path) -> None:
     target = tmp_path / "out.png"
     result = hpo("plot", "driven", "history", "-o", str(target), *flags)
-    _skip_while_route_missing(result, "plots")
     assert result.exit_code == 0, result.output
     assert f"wrote {target}" in result.stdout
     assert target.read_bytes().startswith(PNG_SIGNATURE)
@@ -223,7 +216,6 @@ def test_plot(driven: dict[str, Any], flags: tuple[str, ...], tmp_path: Path) ->
 def test_report(driven: dict[str, Any], flags: tuple[str, ...], tmp_path: Path) -> None:
     target = tmp_path / "report.html"
     result = hpo("report", "driven", "-o", str(target), *flags)
-    _skip_while_route_missing(result, "report")
     assert result.exit_code == 0, result.output
     html = target.read_text()
     assert "<html" in html.lower() and "driven" in html

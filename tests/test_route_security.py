@@ -35,6 +35,8 @@ DASHBOARD = "/dashboard"
 DASHBOARD_OPEN = {("GET", "/dashboard/login"), ("POST", "/dashboard/login"), ("POST", "/dashboard/logout")}
 # Path parameters that name a team's resource, and so must be 404 to every other team.
 RESOURCE_PARAMS = {"name", "trial_id", "prefix"}
+# Path parameters that name no resource of a team, with a value that is always valid.
+PLAIN_PATH_PARAMS = {"kind": "curves"}
 
 
 def expected_roles(method: str, path: str) -> tuple[str, ...] | None:
@@ -76,6 +78,9 @@ def world(api: Any, make_token: Any) -> Any:
     study = f"secret-{uuid.uuid4().hex[:8]}"
     assert api.post("/api/v1/studies", json=digits_definition(study), headers=auth(tokens["member"])).status_code == 201
     claimed = api.post("/api/v1/trials/claim", json={"worker_id": "w"}, headers=auth(tokens["worker"])).json()
+    # One reported epoch, so the study has a curve to plot (GET .../plots/curves answers 200).
+    report = {"lease_id": claimed["lease_id"], "step": 1, "value": 1.0}
+    assert api.post(f"/api/v1/trials/{claimed['trial_id']}/report", json=report, headers=auth(tokens["worker"])).status_code == 200
     w = World(
         team=team,
         tokens=tokens,
@@ -154,7 +159,9 @@ def calls(api: Any, w: World, *, as_other_team: bool = False) -> list[Call]:
             method = method.upper()
             url, params, resource = path, {}, False
             for p in op.get("parameters", []):
-                if p["in"] == "path":
+                if p["in"] == "path" and p["name"] in PLAIN_PATH_PARAMS:
+                    url = url.replace("{" + p["name"] + "}", PLAIN_PATH_PARAMS[p["name"]])
+                elif p["in"] == "path":
                     assert p["name"] in RESOURCE_PARAMS, f"{method} {path}: unknown path parameter {p['name']}"
                     value = {"name": w.study, "trial_id": w.trial_id, "prefix": prefix_of(w.tokens["viewer"])}[p["name"]]
                     url = url.replace("{" + p["name"] + "}", str(value))

@@ -173,27 +173,12 @@ def test_health(live_server: LiveServer) -> None:
         assert nowhere.health() is False
 
 
-def _route_missing(exc: NotFoundError) -> bool:
-    # FastAPI's own 404 for an unknown path, not the service's "no study named ...".
-    return exc.detail == "Not Found"
-
-
 def test_plot_and_report(client: Client, live_server: LiveServer, make_token: Any, team: str) -> None:
     client.submit(small("pictures"))
     populate(live_server, make_token(team, "worker"), "pictures")
-    try:
-        png = client.plot("pictures", "history")
-    except NotFoundError as exc:
-        if _route_missing(exc):
-            pytest.skip("the server has no plots route yet")
-        raise
+    png = client.plot("pictures", "history")
     assert png.startswith(PNG_SIGNATURE) and len(png) > 1000
-    try:
-        html = client.report("pictures")
-    except NotFoundError as exc:
-        if _route_missing(exc):
-            pytest.skip("the server has no report route yet")
-        raise
+    html = client.report("pictures")
     assert "<html" in html.lower() and "pictures" in html
     with pytest.raises(NotFoundError, match="no study named 'nope'"):
         client.plot("nope", "history")

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from sqlalchemy import text
 
-from service.api import errors, presets, studies, tokens, trials
+from service.api import errors, plots, presets, studies, tokens, trials
 from service.api.dashboard import PREFIX as DASHBOARD_PREFIX
 from service.api.dashboard import Dashboard
 from service.api.deps import Runtime
@@ -76,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _document_definition_schema(app)
     errors.install(app)
     app.include_router(studies.router)
+    app.include_router(plots.router)
     app.include_router(trials.router)
     app.include_router(presets.router)
     app.include_router(tokens.router)
