@@ -23,10 +23,22 @@ from hpo_client.errors import (
     ServerUnreachable,
     ServiceUnavailable,
 )
-from hpo_client.models import BestTrial, Diagnosis, Preset, Study, StudyCreated, Trial
+from hpo_client.models import (
+    AuditEvent,
+    BestTrial,
+    Diagnosis,
+    Preset,
+    Study,
+    StudyCreated,
+    Token,
+    TokenCreated,
+    TokenList,
+    Trial,
+)
 
 __all__ = [
     "PLOT_KINDS",
+    "AuditEvent",
     "AuthError",
     "BestTrial",
     "Client",
@@ -45,6 +57,9 @@ __all__ = [
     "ServiceUnavailable",
     "Study",
     "StudyCreated",
+    "Token",
+    "TokenCreated",
+    "TokenList",
     "Trial",
     "load_settings",
     "write_config",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -13,7 +14,7 @@ import httpx
 import yaml
 
 from hpo_client.errors import HpoError, ServerUnreachable, error_from_response
-from hpo_client.models import BestTrial, Preset, Study, StudyCreated, Trial
+from hpo_client.models import AuditEvent, BestTrial, Preset, Study, StudyCreated, TokenCreated, TokenList, Trial
 
 PLOT_KINDS = ("history", "curves", "lr", "importance", "parallel")
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -22,7 +23,7 @@ Definition = Mapping[str, Any] | str | Path
 
 
 class Client:
-    """The study API as one team's token sees it.
+    """The study API (and, for an admin token, the token API) as one team's token sees it.
 
     >>> with Client("http://127.0.0.1:8000", "hpo_...") as hpo:
     ...     hpo.submit("examples/digits_adam.yaml")
@@ -160,3 +161,40 @@ class Client:
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"study '{name}' is still running after {timeout}s")
             time.sleep(poll)
+
+    # -- tokens and audit (an admin token's calls; others get PermissionDeniedError) -------
+
+    def create_token(
+        self,
+        role: str,
+        name: str | None = None,
+        expires_in_days: int | None = None,
+        expires_at: datetime | str | None = None,
+    ) -> TokenCreated:
+        """A new token of the team: role admin, member, worker or viewer; optionally what it is
+        for and when it stops working (one of expires_in_days, expires_at; a naive datetime is
+        UTC). The answer's `token` is shown only this once: the service keeps only its SHA-256."""
+        body: dict[str, Any] = {"role": getattr(role, "value", role)}
+        if name is not None:
+            body["name"] = name
+        if expires_in_days is not None:
+            body["expires_in_days"] = expires_in_days
+        if expires_at is not None:
+            body["expires_at"] = expires_at.isoformat() if isinstance(expires_at, datetime) else expires_at
+        return TokenCreated.model_validate(self._request("POST", "/api/v1/tokens", json=body).json())
+
+    def tokens(self) -> TokenList:
+        """The team's name and its tokens, revoked and expired ones included (never the tokens)."""
+        return TokenList.model_validate(self._request("GET", "/api/v1/tokens").json())
+
+    def revoke_token(self, prefix: str) -> None:
+        """Revoke the team's token with this prefix (hpo_<8 hex>): it answers 401 from now on.
+        Revoking it again changes nothing. NotFoundError for no such token in the team;
+        ConflictError for the team's last active admin token. The service answers 204 with no
+        body (and a token may revoke itself), so there is nothing to return: see tokens()."""
+        self._request("DELETE", "/".join(["/api/v1/tokens", quote(prefix, safe="")]))
+
+    def audit(self, limit: int = 100) -> list[AuditEvent]:
+        """The team's audit trail, newest first (at most `limit` events, 1-1000)."""
+        events = self._request("GET", "/api/v1/audit", params={"limit": limit}).json()["events"]
+        return [AuditEvent.model_validate(e) for e in events]

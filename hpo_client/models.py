@@ -93,3 +93,49 @@ class Preset(_Model):
     fixed: dict[str, Any] = Field(default_factory=dict)
     space: dict[str, dict[str, Any]] = Field(default_factory=dict)
     finetune_space: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+# -- tokens and audit (admin tokens only) ----------------------------------------------------
+
+
+class Token(_Model):
+    """One of the team's tokens as the service shows it: never the token itself nor its hash."""
+
+    prefix: str = Field(description="the token's visible start, hpo_<8 hex>: how it is named everywhere")
+    role: str = Field(description="admin, member, worker or viewer")
+    name: str | None = None
+    created_at: datetime | None = None
+    expires_at: datetime | None = None
+    last_used_at: datetime | None = Field(None, description="updated at most about once a minute")
+    revoked_at: datetime | None = None
+    active: bool = Field(True, description="neither revoked nor expired")
+
+
+class TokenCreated(Token):
+    token: str = Field(repr=False, description="the token itself; shown only in this answer, only its SHA-256 is stored")
+    team: str
+
+
+class TokenList(_Model):
+    """The team's tokens, revoked and expired ones included, and the team's name."""
+
+    team: str
+    tokens: list[Token] = Field(default_factory=list)
+
+    def get(self, prefix: str) -> Token | None:
+        """The token with this prefix, or None."""
+        return next((t for t in self.tokens if t.prefix == prefix), None)
+
+    @property
+    def active(self) -> list[Token]:
+        return [t for t in self.tokens if t.active]
+
+
+class AuditEvent(_Model):
+    id: int
+    at: datetime
+    actor: str | None = Field(None, description="the acting token's prefix; None for `hpo token create` on the server host")
+    role: str | None = Field(None, description="the acting token's role")
+    action: str = Field(description="study.create, study.stop, study.delete, token.create, token.revoke, dashboard.login, ...")
+    target: str = Field(description="the study's name or the token's prefix")
+    detail: dict[str, Any] = Field(default_factory=dict)

@@ -17,12 +17,13 @@ def hpo(*args: str, db_url: str) -> subprocess.CompletedProcess[str]:
 
 
 def hpo_remote(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """`hpo` on a machine without the database: no HPO_DATABASE_URL, nothing from the tests' env."""
+    """`hpo` on a machine without the database: no HPO_DATABASE_URL, nothing from the tests' env,
+    and no config file (`hpo token list|revoke` would read the one `hpo up` writes)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("HPO_")}
     return subprocess.run(
         [str(BIN / "hpo"), *args],
         cwd=Path(__file__).resolve().parent.parent,
-        env={**clean, **env},
+        env={**clean, "XDG_CONFIG_HOME": str(Path(__file__).resolve().parent / "no-such-config-home"), **env},
         capture_output=True,
         text=True,
         timeout=120,

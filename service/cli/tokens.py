@@ -1,23 +1,34 @@
 """`hpo token create|list|revoke`.
 
 Two ways in: on the server host, `hpo token create --team T` writes to the database directly
-(how a team gets its first admin token); anywhere else, with `--server URL --token ADMIN_TOKEN`
-(or HPO_SERVER_URL / HPO_TOKEN), every command goes through the API as that admin."""
+(how a team gets its first admin token); anywhere else every command goes through the API as an
+admin token of the team, with no HTTP code here: hpo_client.Client makes the calls.
+
+The server comes from --server, then HPO_SERVER or HPO_SERVER_URL, then (for list and revoke
+only) the config file `hpo up` writes; the token from --token, then HPO_TOKEN, then that file.
+`create` goes through the API only when --server or the environment names a server: the config
+file never silently turns the server host's database path into an API call."""
 
 from __future__ import annotations
 
 import json
 import re
 import sys
-from datetime import datetime, timedelta
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from enum import Enum
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from hpo_client import Client
+from hpo_client.config import ClientSettings, read_config
+from hpo_client.errors import AuthError, ConfigError, HpoError, ServerUnreachable
+from hpo_client.models import TokenCreated
 from service.settings import get_settings
 
 token_app = typer.Typer(
@@ -35,9 +46,16 @@ class Role(str, Enum):
 
 
 ServerOption = Annotated[
-    Optional[str], typer.Option("--server", help="Service URL: work through the API (env HPO_SERVER_URL)")
+    Optional[str],
+    typer.Option(
+        "--server",
+        help="Service URL: work through the API (else HPO_SERVER or HPO_SERVER_URL; "
+        "for list and revoke also the config file `hpo up` writes)",
+    ),
 ]
-TokenOption = Annotated[Optional[str], typer.Option("--token", help="An admin token of the team (env HPO_TOKEN)")]
+TokenOption = Annotated[
+    Optional[str], typer.Option("--token", help="An admin token of the team (else HPO_TOKEN, then the config file)")
+]
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -45,50 +63,65 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+@dataclass
 class Remote:
-    """The token API as an admin sees it."""
+    """Where the API calls go, and where the token came from (said when the service refuses it)."""
 
-    def __init__(self, server: str, token: str) -> None:
-        self.server = server.rstrip("/")
-        self.http = httpx.Client(base_url=self.server, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    server: str
+    token: str
+    token_source: str
+    timeout: float
 
-    def __enter__(self) -> Remote:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.http.close()
-
-    def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    @contextmanager
+    def client(self) -> Iterator[Client]:
+        """An SDK client; the service's refusals become `error: ...` and exit 1."""
+        client = Client(self.server, self.token, timeout=self.timeout)
         try:
-            response = self.http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise _fail(f"cannot reach {self.server}: {exc}") from exc
-        if response.status_code >= 400:
-            try:
-                body = response.json()
-                message = f"{body['error']}: {body['detail']}"
-            except (ValueError, KeyError, TypeError):
-                message = response.text[:500]
-            raise _fail(f"{method} {path} answered {response.status_code}: {message}")
-        return response
+            yield client
+        except ServerUnreachable as exc:
+            raise _fail(exc.detail) from exc
+        except HpoError as exc:
+            message = f"{exc.method} {exc.path} answered {exc.status}: {exc.error}: {exc.detail}"
+            if isinstance(exc, AuthError):
+                message += f" (the token came from {self.token_source})"
+            raise _fail(message) from exc
+        finally:
+            client.close()
 
 
-def _remote(server: str | None, token: str | None) -> Remote | None:
-    """A client when a server is given (flag or environment); None for the database."""
-    settings = get_settings()
-    server = server or settings.server_url
-    token = token or settings.token
+def _remote(server: str | None, token: str | None, *, config_file: bool) -> Remote | None:
+    """Where to call the API, or None when no server is named (the database, for `create`).
+    With config_file=False only --server and the environment can name the server; the token may
+    still come from the config file once a server is named."""
+    try:
+        env = ClientSettings()
+        token_from = "--token" if token else "HPO_TOKEN" if env.token else None
+        server = server or env.server
+        token = token or env.token
+        stored = read_config(env.config_path) if (config_file or server) and not (server and token) else {}
+    except ConfigError as exc:
+        raise _fail(str(exc), code=2) from exc
+    if not server and config_file and stored.get("server"):
+        server = stored["server"]
     if not server:
         return None
+    if not token and stored.get("token"):
+        token, token_from = stored["token"], str(env.config_path)
     if not token:
-        raise typer.BadParameter("an admin token is needed to work through the API (--token or HPO_TOKEN)", param_hint="--token")
-    return Remote(server, token)
+        raise typer.BadParameter(
+            "an admin token is needed to work through the API (--token, HPO_TOKEN or the config file)", param_hint="--token"
+        )
+    return Remote(server.rstrip("/"), token, token_from or "--token", env.timeout)
 
 
-def _when(value: str | None) -> str:
+def _when(value: datetime | str | None) -> str:
     if not value:
         return "-"
-    return datetime.fromisoformat(value).strftime("%Y-%m-%d %H:%M UTC")
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if value.tzinfo is not None:
+        value = value.astimezone(timezone.utc)
+    return value.strftime("%Y-%m-%d %H:%M UTC")
 
 
 @token_app.command("create")
@@ -110,7 +143,9 @@ def create(
     """
     if name is not None and not 1 <= len(name) <= 200:
         raise typer.BadParameter("names are 1-200 characters", param_hint="--name")
-    remote = _remote(server, token)
+    # Only --server or the environment leads to the API: the config file `hpo up` writes must
+    # not turn the server host's `hpo token create --team T` into an API call.
+    remote = _remote(server, token, config_file=False)
     if remote is None:
         if not team:
             raise typer.BadParameter(
@@ -121,22 +156,21 @@ def create(
     else:
         if role is None:
             raise typer.BadParameter("say which role the new token has (admin, member, worker or viewer)", param_hint="--role")
-        with remote:
+        with remote.client() as client:
             if team is not None:
-                own = remote.call("GET", "/api/v1/tokens").json()["team"]
+                own = client.tokens().team
                 if own != team:
                     raise _fail(f"the admin token belongs to team '{own}', not '{team}'", code=2)
-            body: dict[str, Any] = {"role": role.value, "name": name, "expires_in_days": expires_in_days}
-            created = remote.call("POST", "/api/v1/tokens", json=body).json()
-    expiry = f", expires {_when(created['expires_at'])}" if created["expires_at"] else ""
+            created = client.create_token(role.value, name=name, expires_in_days=expires_in_days)
+    expiry = f", expires {_when(created.expires_at)}" if created.expires_at else ""
     typer.echo(
-        f"created {created['role']} token {created['prefix']} for team '{created['team']}'{expiry}; it is shown only once:",
+        f"created {created.role} token {created.prefix} for team '{created.team}'{expiry}; it is shown only once:",
         err=True,
     )
-    typer.echo(created["token"])
+    typer.echo(created.token)
 
 
-def _create_in_database(team: str, role: str, name: str | None, expires_in_days: int | None) -> dict[str, Any]:
+def _create_in_database(team: str, role: str, name: str | None, expires_in_days: int | None) -> TokenCreated:
     from service.cli.server import resolve_database_url
     from service.db.session import make_engine, make_sessionmaker
     from service.db.teams import db_now, ensure_team, issue_token
@@ -153,19 +187,16 @@ def _create_in_database(team: str, role: str, name: str | None, expires_in_days:
             token, row = issue_token(session, row_team, role, name=name, expires_at=expires_at)
     finally:
         engine.dispose()
-    return {
-        "token": token,
-        "prefix": row.prefix,
-        "role": role,
-        "team": team,
-        "expires_at": expires_at.isoformat() if expires_at else None,
-    }
+    return TokenCreated(token=token, prefix=row.prefix, role=role, name=name, team=team, expires_at=expires_at)
 
 
 def _require_remote(server: str | None, token: str | None) -> Remote:
-    remote = _remote(server, token)
+    remote = _remote(server, token, config_file=True)
     if remote is None:
-        raise typer.BadParameter("give the service URL (--server or HPO_SERVER_URL)", param_hint="--server")
+        raise typer.BadParameter(
+            "give the service URL (--server, HPO_SERVER or HPO_SERVER_URL, or the config file `hpo up` writes)",
+            param_hint="--server",
+        )
     return remote
 
 
@@ -179,25 +210,24 @@ def list_(
 
     Example: hpo token list --server http://api:8000 --token hpo_...
     """
-    with _require_remote(server, token) as remote:
-        listing = remote.call("GET", "/api/v1/tokens").json()
+    with _require_remote(server, token).client() as client:
+        listing = client.tokens()
     if as_json:
-        typer.echo(json.dumps(listing, indent=2))
+        typer.echo(json.dumps(listing.model_dump(mode="json"), indent=2))
         return
-    table = Table(title=f"tokens of team {listing['team']}")
+    table = Table(title=f"tokens of team {listing.team}")
     for column in ("prefix", "role", "name", "created", "expires", "last used", "revoked"):
         table.add_column(column, no_wrap=column in ("prefix", "created", "expires", "last used", "revoked"))
-    for t in listing["tokens"]:
-        style = None if t["active"] else "dim"
+    for t in listing.tokens:
         table.add_row(
-            t["prefix"],
-            t["role"],
-            t["name"] or "",
-            _when(t["created_at"]),
-            _when(t["expires_at"]),
-            _when(t["last_used_at"]),
-            _when(t["revoked_at"]),
-            style=style,
+            t.prefix,
+            t.role,
+            t.name or "",
+            _when(t.created_at),
+            _when(t.expires_at),
+            _when(t.last_used_at),
+            _when(t.revoked_at),
+            style=None if t.active else "dim",
         )
     # Piped or captured, rich would squeeze the table into 80 columns and cut the prefixes short.
     Console(width=None if sys.stdout.isatty() else 160).print(table)
@@ -215,6 +245,6 @@ def revoke(
     """
     if not re.fullmatch(r"hpo_[0-9a-f]{8}", prefix):
         raise typer.BadParameter("a prefix is hpo_ and 8 hex digits, e.g. hpo_1234abcd (see `hpo token list`)", param_hint="PREFIX")
-    with _require_remote(server, token) as remote:
-        remote.call("DELETE", f"/api/v1/tokens/{prefix}")
+    with _require_remote(server, token).client() as client:
+        client.revoke_token(prefix)
     typer.echo(f"revoked {prefix}")
