@@ -64,12 +64,15 @@ def test_sgd_sweep_is_u_shaped_and_the_adam_range_test_finds_the_cliff(
         found = c.get("/api/v1/studies/adam-finder").json()["lr_finder"]
         trials = c.get("/api/v1/studies/sgd-sweep/trials").json()["trials"]
 
+    points = sgd["points"]
+    # The figures the README quotes (pytest -s shows them).
+    print(f"sgd sweep: best lr {sgd['best_lr']} value {sgd['best_value']:.4f}, ends {points[0]['mean']}, {points[-1]['mean']}")
+    print(f"adam sweep divergence_lr {adam['divergence_lr']}; range test suggestion {found['suggestion']}")
     # Every grid point ran once, and no trial was pruned.
     lrs = sorted(t["params"]["lr"] for t in trials)
     assert len(lrs) == 21 and math.isclose(lrs[0], 1e-5) and math.isclose(lrs[-1], 1e-1)
     assert all(t["state"] in ("COMPLETE",) or t["reason"] == "diverged" for t in trials), [(t["state"], t["reason"]) for t in trials]
     # The U-curve: the best lr is inside the grid, worse on both sides.
-    points = sgd["points"]
     assert sgd["interior"] is True, points
     assert 1e-5 < sgd["best_lr"] < 1e-1
     assert points[0]["mean"] > sgd["best_value"] and (points[-1]["mean"] is None or points[-1]["mean"] > sgd["best_value"])
@@ -113,6 +116,7 @@ def test_auto_lr_range_narrows_before_any_regular_trial(live_server: LiveServer,
         finder_trials = c.get("/api/v1/studies/auto-lr-finder/trials").json()["trials"]
 
     lr_range = study["lr_range"]
+    print(f"auto_lr_range: {lr_range}")
     assert lr_range["status"] == "narrowed", lr_range
     assert lr_range["original"] == [1e-6, 1.0]
     low, high = lr_range["narrowed"]
