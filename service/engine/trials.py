@@ -22,10 +22,11 @@ from service.db.models import Lease, StudyRecord, Team
 from service.engine import checkpoints
 from service.engine.diagnosis import diagnose
 from service.engine.reaper import reap_study, retry_lost_trial
-from service.engine.factories import load_study, suggest
+from service.engine import coordination
+from service.engine.factories import build_pruner, load_study, suggest
 from service.engine.lr_analysis import effective_spec, finder_name
 from service.engine.storage import optuna_errors
-from service.engine.studies import originals, spec_of
+from service.engine.studies import spec_of
 from service.errors import Gone, InvalidRequest, LeaseLost, NotFound
 from service.settings import Settings
 from service.spec import Assignment, FinishState
@@ -76,10 +77,10 @@ def try_claim(
     if running >= spec.budget.max_concurrent:
         return None
     with optuna_errors():
-        all_trials = storage.get_all_trials(storage.get_study_id_from_name(record.optuna_name), deepcopy=False)
-    started = originals(all_trials)
-    waiting = [t for t in all_trials if t.state == TrialState.WAITING]
-    if started >= spec.budget.n_trials and not waiting:
+        # Incremental (coordination.py): the new and the unfinished trials, not all of them.
+        known = coordination.study_trials(storage, storage.get_study_id_from_name(record.optuna_name))
+    started = known.originals
+    if started >= spec.budget.n_trials and not known.waiting:
         return None
     with optuna_errors():
         study = load_study(storage, record.optuna_name, spec, n_claimed=started)
@@ -127,6 +128,10 @@ def try_claim(
         task="lr_finder" if spec.kind == "lr_finder" else "train",
         finder=spec.finder if spec.kind == "lr_finder" else None,
     )
+
+
+def lease_study_id(storage: BaseStorage, record: StudyRecord) -> int:
+    return storage.get_study_id_from_name(record.optuna_name)
 
 
 def _current_lease(session: Session, team: Team, trial_id: int, lease_id: str) -> tuple[Lease, StudyRecord]:
@@ -179,12 +184,17 @@ def report(
     _extend(session, storage, lease, settings)
     spec = spec_of(record)
     with optuna_errors():
-        study = load_study(storage, record.optuna_name, spec)
-        trial = optuna.trial.Trial(study, trial_id)
-        trial.report(value, step)
+        # Straight to the storage: no optuna.Study or Trial (their construction reads the study,
+        # and a sampler may read every trial), what Trial.report would do, then the pruner on
+        # the flat path's completed trials.
+        trial = storage.get_trial(trial_id)
+        if step not in trial.intermediate_values:
+            storage.set_trial_intermediate_value(trial_id, step, value)
+            trial.intermediate_values = {**trial.intermediate_values, step: value}
         if record.stopped:
             return True  # a stopped study lets its running trials go at their next report
-        return trial.should_prune()
+        direction = optuna.study.StudyDirection.MAXIMIZE if spec.direction == "maximize" else optuna.study.StudyDirection.MINIMIZE
+        return coordination.should_prune(storage, lease_study_id(storage, record), build_pruner(spec), direction, trial)
 
 
 def checkpoint(
