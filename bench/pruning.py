@@ -1,0 +1,164 @@
+#!/usr/bin/env python
+"""What median pruning saves: total epochs trained and best validation loss, with the demo's
+median pruner against no pruning, on the same sampler seeds.
+
+    .venv/bin/python -m bench.pruning                 # demo size: 40 trials x 15 epochs, seeds 0 1 2
+    .venv/bin/python -m bench.pruning --tiny          # 6 trials x 3 epochs, seed 0 (for the tests)
+
+The study is exactly the demo's (`service.cli.up.demo_definition`): the digits MLP, its search
+space sampled define-by-run by the service's own `service.engine.factories.suggest`, TPE, and the
+pruner the service builds from the spec (`build_pruner`: median, n_startup_trials=5,
+n_warmup_steps=2), against `optuna.pruners.NopPruner`. Each trial is trained in this process by
+the real built-in trainer (`worker.trainer.train(..., "cpu")`), reporting the validation loss
+after every epoch (step = epoch) as a worker does; the objective is the best validation loss over
+the trial's epochs (README, "The objective"); a run the divergence guard stops is pruned, as the
+worker does, in both arms. Optuna runs in-process on in-memory storage: no service, no database,
+so what is measured is the pruner alone.
+
+The one difference from the service: the service rebuilds the sampler for every claim with the
+seed advanced by the number of claims (`build_sampler`), where this script keeps one
+`TPESampler(seed=s)` per study; both arms of a seed start from the same sampler state, and their
+trials are identical until the first one is pruned.
+
+"Epochs" counts the epochs actually trained (a pruned trial's epochs up to its pruning, a
+diverged one's up to the epoch the guard stopped). "Best" is the best value of the study's
+COMPLETE trials (`study.best_value`, what the service reports as the best trial).
+
+Prints a table per seed and ONE summary line:
+
+    SUMMARY pruning: epochs pruned/unpruned = 0.38x; best loss pruned/unpruned = 1.01x (mean over 3 seeds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import optuna  # noqa: E402
+import torch  # noqa: E402
+
+from service.cli.up import demo_definition  # noqa: E402
+from service.engine.factories import build_pruner, suggest  # noqa: E402
+from service.spec import StudySpec, defaults_for  # noqa: E402
+from worker.trainer import train  # noqa: E402
+
+
+@dataclass
+class Arm:
+    seed: int
+    pruned: bool
+    epochs: int  # epochs actually trained, summed over the trials
+    best: float  # best value of the COMPLETE trials (inf if none completed)
+    complete: int
+    pruned_trials: int
+    diverged: int
+    seconds: float
+
+
+def run_arm(spec: StudySpec, seed: int, pruned: bool, device: str) -> Arm:
+    workload = spec.workload
+    hp_base = {**defaults_for(workload.model), **workload.fixed}
+    pruner = build_pruner(spec) if pruned else optuna.pruners.NopPruner()
+    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner)
+    counts = {"epochs": 0, "diverged": 0}
+
+    def objective(trial: optuna.Trial) -> float:
+        hp = {**hp_base, **suggest(trial, spec)}  # as Assignment.hyperparameters() merges them
+        best: float | None = None
+        run = train(workload, hp, device)
+        try:
+            for result in run:
+                counts["epochs"] += 1
+                if result.diverged or not math.isfinite(result.val_loss):
+                    counts["diverged"] += 1
+                    raise optuna.TrialPruned(result.diverged or "non-finite validation loss")
+                best = result.val_loss if best is None else min(best, result.val_loss)
+                trial.report(result.val_loss, result.epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned()
+        finally:
+            run.close()
+        assert best is not None
+        return best
+
+    started = time.perf_counter()
+    study.optimize(objective, n_trials=spec.budget.n_trials, catch=())
+    seconds = time.perf_counter() - started
+    states = [t.state for t in study.trials]
+    complete = states.count(optuna.trial.TrialState.COMPLETE)
+    n_pruned = states.count(optuna.trial.TrialState.PRUNED)
+    best = study.best_value if complete else math.inf
+    return Arm(seed, pruned, counts["epochs"], best, complete, n_pruned, counts["diverged"], seconds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=40, help="trials per study (the demo's 40)")
+    parser.add_argument("--epochs", type=int, default=15, help="epochs per trial (the demo's 15)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="TPE sampler seeds")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, for stable timing)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--tiny", action="store_true", help="6 trials x 3 epochs, seed 0 (for the tests)")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.trials, args.epochs, args.seeds = 6, 3, [0]
+    torch.set_num_threads(args.threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    spec = StudySpec.model_validate(demo_definition("bench-pruning", args.trials, args.epochs))
+    p = spec.pruner
+    print(
+        f"pruning: digits MLP, demo space, {args.trials} trials x {args.epochs} epochs, seeds {args.seeds}, "
+        f"TPE; median(n_startup_trials={p.n_startup_trials}, n_warmup_steps={p.n_warmup_steps}) vs none; "
+        f"device {args.device}, {args.threads} thread(s)",
+        flush=True,
+    )
+    header = f"{'seed':>4}  {'pruner':<6}  {'epochs':>6}  {'of max':>6}  {'best loss':>9}  {'complete':>8}  {'pruned':>6}  {'diverged':>8}  {'seconds':>7}"
+    print(header)
+    print("-" * len(header))
+    pairs: list[tuple[Arm, Arm]] = []
+    for seed in args.seeds:
+        arms = []
+        for pruned in (True, False):
+            arm = run_arm(spec, seed, pruned, args.device)
+            arms.append(arm)
+            print(
+                f"{seed:>4}  {'median' if pruned else 'none':<6}  {arm.epochs:>6}  {args.trials * args.epochs:>6}  "
+                f"{arm.best:>9.4f}  {arm.complete:>8}  {arm.pruned_trials:>6}  {arm.diverged:>8}  {arm.seconds:>7.1f}",
+                flush=True,
+            )
+        pairs.append((arms[0], arms[1]))
+
+    epoch_ratios = [a.epochs / b.epochs for a, b in pairs]
+    loss_ratios = [a.best / b.best for a, b in pairs if math.isfinite(a.best) and math.isfinite(b.best) and b.best > 0]
+    print("-" * len(header))
+    mean = statistics.fmean
+    print(f"mean  median  {mean(a.epochs for a, _ in pairs):>6.1f}  {'':>6}  {mean(a.best for a, _ in pairs):>9.4f}")
+    print(f"mean  none    {mean(b.epochs for _, b in pairs):>6.1f}  {'':>6}  {mean(b.best for _, b in pairs):>9.4f}")
+    print(
+        "per seed, pruned/unpruned: epochs "
+        + ", ".join(f"{r:.2f}x" for r in epoch_ratios)
+        + "; best loss "
+        + ", ".join(f"{r:.3f}x" for r in loss_ratios)
+    )
+    n = len(pairs)
+    loss_part = f"{mean(loss_ratios):.2f}x" if loss_ratios else "n/a (a study completed no trial)"
+    print(
+        f"SUMMARY pruning: epochs pruned/unpruned = {mean(epoch_ratios):.2f}x; "
+        f"best loss pruned/unpruned = {loss_part} (mean over {n} seed{'s' if n != 1 else ''})",
+        flush=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""The training benchmarks (bench/pruning.py, bench/trainer_speed.py, bench/gpu_packing.py) at
+their `--tiny` size: each runs to the end and prints its one summary line. No timing is asserted:
+the numbers belong in docs/benchmarks.md, measured at full size."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_bench(module: str, *args: str, timeout: float = 300) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", f"bench.{module}", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, (
+        f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr[-5000:]}"
+    )
+    return result.stdout
+
+
+def summary(stdout: str, name: str) -> str:
+    found = re.findall(rf"^SUMMARY {name}: .*$", stdout, re.MULTILINE)
+    assert len(found) == 1, f"expected one 'SUMMARY {name}:' line\nstdout:\n{stdout}"
+    return found[0]
+
+
+def test_pruning_tiny() -> None:
+    line = summary(run_bench("pruning", "--tiny"), "pruning")
+    assert re.search(r"epochs pruned/unpruned = \d+\.\d+x; best loss pruned/unpruned = \S+", line), line
+
+
+def test_trainer_speed_tiny() -> None:
+    line = summary(run_bench("trainer_speed", "--tiny"), "trainer")
+    assert re.search(r"at batch 32 \(cpu\) = \d+\.\d+x", line), line
+
+
+def test_gpu_packing_tiny_on_cpu() -> None:
+    line = summary(run_bench("gpu_packing", "--tiny", "--device", "cpu"), "gpu_packing")
+    assert re.search(r"2 slots / 1 slot trials/hour = mlp \S+, cnn \S+", line), line
+
+
+def test_gpu_packing_without_cuda_is_skipped() -> None:
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the script would measure instead of skipping")
+    line = summary(run_bench("gpu_packing", "--tiny"), "gpu_packing")
+    assert line == "SUMMARY gpu_packing: skipped (no CUDA device)"
