@@ -28,7 +28,13 @@ def worker(
     token: Annotated[Optional[str], typer.Option(help="Team token (env HPO_TOKEN)")] = None,
     device: Annotated[Optional[str], typer.Option(help="cuda, cuda:1, cpu ... (default: cuda if available)")] = None,
     worker_id: Annotated[Optional[str], typer.Option(help="Stable id shown on trials (default host-pid)")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (default: torch's choice)")] = None,
+    threads: Annotated[
+        Optional[int], typer.Option(help="torch CPU threads (default: torch's choice; with --slots N, the CPUs / N per slot)")
+    ] = None,
+    slots: Annotated[
+        Optional[int],
+        typer.Option(min=1, help="Trials trained at once on the device, each in a process of its own (env HPO_SLOTS; default 1)"),
+    ] = None,
     study: Annotated[Optional[list[str]], typer.Option("--study", help="Only claim from this study (repeatable)")] = None,
     data_root: Annotated[
         Optional[Path], typer.Option(help="Directory dataset files are read from; nothing is downloaded (env HPO_DATA_ROOT)")
@@ -57,8 +63,10 @@ def worker(
         Optional[int],
         typer.Option(min=16, help="Address-space cap (MiB) for plugin/command processes (env HPO_TRIAL_MEMORY_MB)"),
     ] = None,
-    max_trials: Annotated[Optional[int], typer.Option(help="Exit after this many trials")] = None,
-    exit_when_idle: Annotated[Optional[float], typer.Option(help="Exit after this many seconds without work")] = None,
+    max_trials: Annotated[Optional[int], typer.Option(help="Exit after this many trials (per slot)")] = None,
+    exit_when_idle: Annotated[
+        Optional[float], typer.Option(help="Exit after this many seconds without work (each slot on its own)")
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Claim trials, train them, report the validation loss every epoch, finish.
@@ -77,20 +85,43 @@ def worker(
     if not token:
         raise typer.BadParameter("a team token is required (--token or HPO_TOKEN)", param_hint="--token")
 
-    import torch
-
-    from worker.client import ServiceClient
-    from worker.runner import Runner, Unauthorized
     from worker.workloads.external import Policy
 
-    if threads or settings.threads:
-        torch.set_num_threads(threads or settings.threads or 1)
     policy = Policy(
         allow_plugins=allow_plugin if allow_plugin is not None else settings.allow_plugins,
         allow_commands=allow_command if allow_command is not None else settings.allow_commands,
         trial_timeout=trial_timeout or settings.trial_timeout,
         trial_memory_mb=trial_memory_mb or settings.trial_memory_mb,
     )
+    slots = slots or settings.slots
+    if slots > 1:
+        # A supervisor of `slots` slot processes (worker/slots.py); it never imports torch itself.
+        from worker.slots import SlotConfig, default_threads, run_slots
+
+        config = SlotConfig(
+            server_url=server or settings.server_url,
+            token=token,
+            worker_id=worker_id or settings.worker_id or default_worker_id(),
+            device=device or settings.device,
+            threads=threads or settings.threads or default_threads(slots),
+            studies=study or None,
+            data_root=data_root or settings.data_root,
+            policy=policy,
+            ack_log=settings.ack_log,
+            request_timeout=settings.request_timeout,
+            verbose=verbose,
+            max_trials=max_trials,
+            exit_when_idle=exit_when_idle,
+        )
+        raise typer.Exit(run_slots(config, slots))
+
+    import torch
+
+    from worker.client import ServiceClient
+    from worker.runner import Runner, Unauthorized
+
+    if threads or settings.threads:
+        torch.set_num_threads(threads or settings.threads or 1)
     client = ServiceClient(server or settings.server_url, token, timeout=settings.request_timeout)
     runner = Runner(
         client=client,

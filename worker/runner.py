@@ -1,4 +1,5 @@
 """The claim loop: claim -> train -> report every epoch -> finish, with a heartbeat thread.
+(In a trial slot, worker/slots.py, the supervisor process keeps the lease alive instead.)
 
 Built-in models train in this process (workloads/builtin.py); plugin and command workloads run
 in a child process (workloads/external.py). Either way the trial is finished with a state, a
@@ -24,8 +25,10 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 from service.spec import Assignment
 from worker.client import LeaseLost, ServiceClient, ServiceError
@@ -75,6 +78,17 @@ class _Heartbeat(threading.Thread):
         self.join(timeout=5)
 
 
+class LeaseKeeper(Protocol):
+    """Keeps one trial's lease alive from start() to stop(); `lost.is_set()` says the service
+    took the trial back. _Heartbeat is one; a trial slot's is worker/slots.py's _SlotLease."""
+
+    lost: Any  # anything with is_set(): the workloads only ask
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 class Unauthorized(Exception):
     """The service refuses this worker's token: stop instead of retrying forever."""
 
@@ -97,6 +111,9 @@ class Runner:
     finish_leases: float = 3.0
     # The first wait between those attempts (doubling up to 10 s).
     retry_delay: float = 0.5
+    # Who keeps each trial's lease alive: a heartbeat thread of this process, or in a trial slot
+    # the supervisor's shared heartbeat (worker/slots.py).
+    lease_keeper: Callable[[ServiceClient, Assignment], LeaseKeeper] = _Heartbeat
 
     def install_signal_handlers(self) -> None:
         def _handle(signum: int, _frame: object) -> None:
@@ -142,7 +159,7 @@ class Runner:
     def run_trial(self, a: Assignment) -> TrialOutcome:
         started = time.monotonic()
         outbox = Outbox(self.client, a, worker_id=self.worker_id, ack_log=self.ack_log, first_delay=self.retry_delay)
-        heartbeat = _Heartbeat(self.client, a)
+        heartbeat = self.lease_keeper(self.client, a)
         heartbeat.start()
         try:
             outcome = self._execute(a, heartbeat, outbox)
@@ -206,7 +223,7 @@ class Runner:
             log.warning("finish of trial %s refused its reason/metrics (%s); sending it without", a.trial_id, exc.detail)
             self.client.finish(a, outcome.state, outcome.value, outcome.error, retry_for=retry_for)
 
-    def _execute(self, a: Assignment, heartbeat: _Heartbeat, outbox: Outbox) -> TrialOutcome:
+    def _execute(self, a: Assignment, heartbeat: LeaseKeeper, outbox: Outbox) -> TrialOutcome:
         if a.task == "lr_finder" or a.workload.is_builtin:
             run = run_lr_finder if a.task == "lr_finder" else run_builtin
             return run(
