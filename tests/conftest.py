@@ -5,6 +5,11 @@ its own freshly created databases and drops them afterwards."""
 from __future__ import annotations
 
 import os
+
+# What `hpo worker` sets (worker/cli.py): MKL's strict reproducibility, so the resume tests can
+# compare losses exactly whatever the memory alignment. Before anything imports torch.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
 import socket
 import subprocess
 import sys
