@@ -46,7 +46,9 @@ def replay(storage: optuna.storages.BaseStorage, direction: str, pruner_args: di
         r.report(value, step)
         raw_prune = r.should_prune()
         storage.set_trial_intermediate_value(f._trial_id, step, value)
-        flat_prune = coordination.should_prune(storage, flat._study_id, pruner, sense, storage.get_trial(f._trial_id))
+        flat_prune = coordination.should_prune(
+            storage, flat._study_id, pruner, sense, f._trial_id, coordination.curve(storage, f._trial_id)
+        )
         raw_answers.append(raw_prune)
         flat_answers.append(flat_prune)
         end = raw_prune or step >= 8 or rng.random() < 0.05
@@ -96,3 +98,20 @@ def test_incremental_view_counts_what_a_full_read_counts(storage: optuna.storage
     full = storage.get_all_trials(study._study_id, deepcopy=False)
     assert view.originals == len(full)
     assert len(view.completed) == sum(t.state == TrialState.COMPLETE for t in full) == 2
+
+
+def test_small_reads_agree_with_optunas_public_api(storage: optuna.storages.BaseStorage) -> None:
+    """The direct reads of Optuna's tables (curves, states, retries) against FrozenTrials."""
+    study = optuna.create_study(storage=storage, study_name=f"reads-{uuid.uuid4().hex[:8]}")
+    trial = study.ask()
+    for step, value in ((1, 2.5), (2, float("inf")), (3, float("-inf")), (5, 0.125)):
+        trial.report(value, step)
+    assert coordination.curve(storage, trial._trial_id) == storage.get_trial(trial._trial_id).intermediate_values
+    study.tell(trial, 0.125)
+    view = coordination.study_trials(storage, study._study_id)
+    assert view.completed[-1].intermediate_values == {1: 2.5, 2: float("inf"), 3: float("-inf"), 5: 0.125}
+    # A retry (Optuna's RetryHeartbeatStaleTrialCallback marks it with retry_history) is not an original.
+    lost = study.ask()
+    optuna.storages.RetryFailedTrialCallback()(study, storage.get_trial(lost._trial_id))
+    view = coordination.study_trials(storage, study._study_id)
+    assert view.originals == 2 and view.waiting == 1

@@ -15,6 +15,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    text,
     UniqueConstraint,
     func,
 )
@@ -117,6 +118,9 @@ class Lease(Base):
     fences a zombie worker out: its calls carry an old lease_id and get 409."""
 
     __tablename__ = "hpo_leases"
+    # The open leases of a study (claims count them, the reaper walks them) without reading the
+    # ended ones, which grow with the study.
+    __table_args__ = (Index("ix_hpo_leases_open", "study_id", postgresql_where=text("ended_at IS NULL")),)
 
     trial_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # Optuna's trial_id
     # NULL once the study is deleted: the lease stays as a tombstone, so a worker still training

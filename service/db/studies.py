@@ -33,8 +33,16 @@ def list_studies(session: Session, team_id: int) -> Sequence[StudyRecord]:
     ).all()
 
 
-def leased_trial_ids(session: Session, study_id: int) -> set[int]:
-    return set(session.scalars(select(Lease.trial_id).where(Lease.study_id == study_id)))
+def leased_among(session: Session, trial_ids: Sequence[int]) -> set[int]:
+    """Which of these trials have (or had) a lease."""
+    if not trial_ids:
+        return set()
+    return set(session.scalars(select(Lease.trial_id).where(Lease.trial_id.in_(list(trial_ids)))))
+
+
+def running_count(session: Session, study_id: int) -> int:
+    """Open leases of the study (the partial index ix_hpo_leases_open: no ended lease is read)."""
+    return session.scalar(select(func.count()).where(Lease.study_id == study_id, Lease.ended_at.is_(None))) or 0
 
 
 def lease_counts(session: Session, study_ids: Sequence[int]) -> dict[int, tuple[int, int]]:

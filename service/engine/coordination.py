@@ -3,14 +3,15 @@ kept in memory per API process and refreshed incrementally from Optuna's storage
 
 Optuna stays the source of truth. Each refresh reads only the trials that are new since the last
 one (trial ids only grow) plus the ones that were not finished then (a handful: the running and
-waiting ones), so a claim or a report costs the same at 100 and at 10,000 earlier trials. Every
-request refreshes before it reads, so API processes agree through the database, not through each
-other. A finished trial never changes in Optuna (intermediate values and state are frozen), which
-is what makes keeping it safe.
+waiting ones), and of those only (id, state), plus the curves of trials that completed since. So a
+claim or a report costs the same at 100 and at 10,000 earlier trials. Every request refreshes
+before it reads, so API processes agree through the database, not through each other. A finished
+trial never changes in Optuna (intermediate values and state are frozen), which is what makes
+keeping it safe.
 
 Pruning runs Optuna's own pruner (`pruner.prune(view, trial)`) on a view whose `get_trials`
-answers from here: the decisions are Optuna's by construction (bench/coordination.py checks them
-against a plain Optuna study step by step)."""
+answers from here: the decisions are Optuna's by construction (tests/test_coordination.py and
+bench/coordination.py compare them with a plain Optuna study step by step)."""
 
 from __future__ import annotations
 
@@ -21,13 +22,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
-from optuna.storages import BaseStorage
+from optuna.storages import BaseStorage, RDBStorage
+from optuna.storages._rdb import models as rdb_models
 from optuna.study import StudyDirection
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
+from sqlalchemy import or_, select
 
 # Studies whose trials one API process keeps; the least recently used beyond that are dropped
 # (and rebuilt, with one full read, when used again).
 MAX_STUDIES = 256
+
+# Optuna's own tables, read directly for the small reads below. They are private to Optuna, so its
+# version is pinned (constraints.txt), and tests/test_coordination.py checks what is read here
+# against Optuna's public API.
+_TRIALS = rdb_models.TrialModel.__table__
+_SYSTEM_ATTRS = rdb_models.TrialSystemAttributeModel.__table__
+_VALUES = rdb_models.TrialIntermediateValueModel.__table__
 
 
 @dataclass
@@ -51,43 +61,80 @@ class StudyTrials:
 
     def refresh(self, storage: BaseStorage) -> None:
         with self.lock:
-            for t in _trials_since(storage, self.study_id, set(self.unfinished), self.max_trial_id):
-                trial_id = t._trial_id
-                if trial_id > self.max_trial_id:
-                    self.max_trial_id = trial_id
-                    if not t.system_attrs.get("retry_history"):
-                        self.originals += 1
-                if not t.state.is_finished():
-                    self.unfinished[trial_id] = t.state
-                    continue
-                self.unfinished.pop(trial_id, None)
-                if t.state == TrialState.COMPLETE:
-                    self.completed.append(_Completed(dict(t.intermediate_values)))
+            backend = _backend(storage)
+            if isinstance(backend, RDBStorage):
+                self._refresh_rdb(backend)
+                return
+            for t in storage.get_all_trials(self.study_id, deepcopy=False):
+                if t._trial_id > self.max_trial_id or t._trial_id in self.unfinished:
+                    self._note(t._trial_id, t.state, bool(t.system_attrs.get("retry_history")), t.intermediate_values)
+
+    def _refresh_rdb(self, backend: RDBStorage) -> None:
+        """Three small reads: (id, state) of the new and the unfinished trials, which of the new
+        ones are retries, and the curves of those that completed since the last refresh. Whole
+        trials (params, attributes) are never read here."""
+        trials, system_attrs = _TRIALS.c, _SYSTEM_ATTRS.c
+        fresh = trials.trial_id > self.max_trial_id
+        if self.unfinished:
+            fresh = or_(fresh, trials.trial_id.in_(list(self.unfinished)))
+        with backend.engine.connect() as conn:
+            rows = conn.execute(select(trials.trial_id, trials.state).where(trials.study_id == self.study_id, fresh)).all()
+            new = [trial_id for trial_id, _ in rows if trial_id > self.max_trial_id]
+            retries: set[int] = set()
+            if new:
+                retried = select(system_attrs.trial_id).where(system_attrs.trial_id.in_(new), system_attrs.key == "retry_history")
+                retries = set(conn.scalars(retried))
+            curves = _curves(conn, [trial_id for trial_id, state in rows if state == TrialState.COMPLETE])
+        for trial_id, state in sorted(rows):
+            self._note(trial_id, state, trial_id in retries, curves.get(trial_id, {}))
+
+    def _note(self, trial_id: int, state: TrialState, retry: bool, curve: dict[int, float]) -> None:
+        if trial_id > self.max_trial_id:
+            self.max_trial_id = trial_id
+            if not retry:
+                self.originals += 1
+        if not state.is_finished():
+            self.unfinished[trial_id] = state
+            return
+        self.unfinished.pop(trial_id, None)
+        if state == TrialState.COMPLETE:
+            self.completed.append(_Completed(dict(curve)))
 
     @property
     def waiting(self) -> int:
-        return sum(1 for s in self.unfinished.values() if s == TrialState.WAITING)
+        with self.lock:
+            return sum(1 for s in self.unfinished.values() if s == TrialState.WAITING)
 
 
-def _trials_since(storage: BaseStorage, study_id: int, unfinished: set[int], max_trial_id: int) -> list[FrozenTrial]:
-    # RDBStorage reads "these ids, or any id above that one" in one query (the incremental read
-    # Optuna's _CachedStorage uses; make_storage wraps the RDBStorage in one, and its own
-    # get_all_trials would filter and sort every cached trial). Another storage: a full read.
-    backend = getattr(storage, "_backend", storage)
-    incremental = getattr(backend, "_get_trials", None)
-    if incremental is not None:
-        return incremental(study_id, None, unfinished, max_trial_id)
-    return [
-        t
-        for t in storage.get_all_trials(study_id, deepcopy=False)
-        if t._trial_id > max_trial_id or t._trial_id in unfinished
-    ]
+def _backend(storage: BaseStorage) -> BaseStorage:
+    # make_storage wraps the RDBStorage in Optuna's _CachedStorage.
+    return getattr(storage, "_backend", storage)
+
+
+def _curves(conn: Any, trial_ids: list[int]) -> dict[int, dict[int, float]]:
+    curves: dict[int, dict[int, float]] = {trial_id: {} for trial_id in trial_ids}
+    if trial_ids:
+        v = _VALUES.c
+        query = select(v.trial_id, v.step, v.intermediate_value, v.intermediate_value_type).where(v.trial_id.in_(trial_ids))
+        for trial_id, step, stored, kind in conn.execute(query):
+            curves[trial_id][step] = rdb_models.TrialIntermediateValueModel.stored_repr_to_intermediate_value(stored, kind)
+    return curves
+
+
+def curve(storage: BaseStorage, trial_id: int) -> dict[int, float]:
+    """One trial's intermediate values, in one read (storage.get_trial reads six tables)."""
+    backend = _backend(storage)
+    if not isinstance(backend, RDBStorage):
+        return dict(storage.get_trial(trial_id).intermediate_values)
+    with backend.engine.connect() as conn:
+        return _curves(conn, [trial_id])[trial_id]
 
 
 class _Registry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._studies: OrderedDict[tuple[int, int], StudyTrials] = OrderedDict()
+        self._study_ids: OrderedDict[tuple[int, int], int] = OrderedDict()
 
     def get(self, storage: BaseStorage, study_id: int) -> StudyTrials:
         # Keyed by the storage too: tests run several in one process, each its own database.
@@ -102,6 +149,18 @@ class _Registry:
         entry.refresh(storage)
         return entry
 
+    def study_id(self, storage: BaseStorage, record_id: int, optuna_name: str) -> int:
+        key = (id(storage), record_id)
+        with self._lock:
+            found = self._study_ids.get(key)
+        if found is None:
+            found = storage.get_study_id_from_name(optuna_name)
+            with self._lock:
+                self._study_ids[key] = found
+                while len(self._study_ids) > 4 * MAX_STUDIES:
+                    self._study_ids.popitem(last=False)
+        return found
+
 
 _registry = _Registry()
 
@@ -109,6 +168,12 @@ _registry = _Registry()
 def study_trials(storage: BaseStorage, study_id: int) -> StudyTrials:
     """The study's trials as of now (refreshed)."""
     return _registry.get(storage, study_id)
+
+
+def optuna_study_id(storage: BaseStorage, record_id: int, optuna_name: str) -> int:
+    """Optuna's id of one of our study records' study. Keyed by our record's id, which a study
+    deleted and created again under the same name does not keep: the mapping cannot go stale."""
+    return _registry.study_id(storage, record_id, optuna_name)
 
 
 class _PrunerView:
@@ -124,16 +189,33 @@ class _PrunerView:
         return self._completed
 
 
+class _Reported:
+    """The part of a FrozenTrial a percentile/median pruner reads of the trial it judges."""
+
+    def __init__(self, intermediate_values: dict[int, float]) -> None:
+        self.intermediate_values = intermediate_values
+
+    @property
+    def last_step(self) -> int | None:
+        return max(self.intermediate_values) if self.intermediate_values else None
+
+
 def should_prune(
-    storage: BaseStorage, study_id: int, pruner: optuna.pruners.BasePruner, direction: StudyDirection, trial: FrozenTrial
+    storage: BaseStorage,
+    study_id: int,
+    pruner: optuna.pruners.BasePruner,
+    direction: StudyDirection,
+    trial_id: int,
+    intermediate_values: dict[int, float],
 ) -> bool:
+    """Optuna's answer to trial.should_prune() for a trial with these intermediate values."""
     if isinstance(pruner, optuna.pruners.NopPruner):
         return False
     if not isinstance(pruner, optuna.pruners.PercentilePruner):
-        # Pruners that read more than completed trials get a real study (the slow path).
+        # Pruners that read more than completed trials get a real study and trial (the slow path).
         study = optuna.load_study(study_name=storage.get_study_name_from_id(study_id), storage=storage, pruner=pruner)
-        return pruner.prune(study, trial)
+        return pruner.prune(study, storage.get_trial(trial_id))
     trials = study_trials(storage, study_id)
     with trials.lock:
         completed = list(trials.completed)
-    return pruner.prune(_PrunerView(completed, direction), trial)  # type: ignore[arg-type]
+    return pruner.prune(_PrunerView(completed, direction), _Reported(intermediate_values))  # type: ignore[arg-type]

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import studies as study_rows
 from service.db.models import StudyRecord
-from service.engine import checkpoints
+from service.engine import checkpoints, coordination
 from service.engine.factories import load_study
 from service.engine.storage import database_down, optuna_errors, retry_callback
 from service.engine.studies import spec_of
@@ -72,9 +72,15 @@ def reap_study(session: Session, storage: BaseStorage, record: StudyRecord) -> i
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             fail_stale_trials(study)
+        # What is still running, from the flat path's view (service/engine/coordination.py): one
+        # small read, however many trials the study has or how many run now.
+        view = coordination.study_trials(storage, study._study_id)
+        with view.lock:
+            unfinished = dict(view.unfinished)
+        running = [trial_id for trial_id, state in unfinished.items() if state == TrialState.RUNNING]
         ended = 0
         for lease in study_rows.open_leases(session, record.id):
-            if storage.get_trial(lease.trial_id).state.is_finished():
+            if lease.trial_id not in unfinished:
                 lease.ended_at = study_rows.now(session)
                 # Not "failed": a late finish(failed) from the lost worker must still get 409.
                 lease.outcome = "lost"
@@ -83,21 +89,20 @@ def reap_study(session: Session, storage: BaseStorage, record: StudyRecord) -> i
                     "grace period; failed by the reaper"
                 )
                 ended += 1
-        ended += _fail_orphans(session, storage, study, record, grace)
+        ended += _fail_orphans(session, storage, study, record, grace, running)
     return ended
 
 
-def _fail_orphans(session: Session, storage: BaseStorage, study: optuna.Study, record: StudyRecord, grace: float) -> int:
+def _fail_orphans(
+    session: Session, storage: BaseStorage, study: optuna.Study, record: StudyRecord, grace: float, running: list[int]
+) -> int:
     """RUNNING trials without a lease: a claim asked Optuna for the trial (which commits at
     once) but died before its lease committed (API killed, database gone). Without a lease no
     worker has it; older than the grace period, it is failed and retried like a lost one."""
-    leased = study_rows.leased_trial_ids(session, record.id)
+    leased = study_rows.leased_among(session, running)
     cutoff = datetime.now() - timedelta(seconds=grace)  # Optuna stores naive local start times
-    orphans = [
-        t
-        for t in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,))
-        if t._trial_id not in leased and t.datetime_start is not None and t.datetime_start < cutoff
-    ]
+    candidates = [storage.get_trial(trial_id) for trial_id in running if trial_id not in leased]
+    orphans = [t for t in candidates if t.datetime_start is not None and t.datetime_start < cutoff]
     for t in orphans:
         try:
             storage.set_trial_state_values(t._trial_id, TrialState.FAIL)

@@ -73,12 +73,11 @@ def try_claim(
     if narrowed is None:
         return None  # its LR range test (a study of its own) has not finished yet
     spec = narrowed
-    _, running = study_rows.lease_counts(session, [record.id])[record.id]
-    if running >= spec.budget.max_concurrent:
+    if study_rows.running_count(session, record.id) >= spec.budget.max_concurrent:
         return None
     with optuna_errors():
         # Incremental (coordination.py): the new and the unfinished trials, not all of them.
-        known = coordination.study_trials(storage, storage.get_study_id_from_name(record.optuna_name))
+        known = coordination.study_trials(storage, coordination.optuna_study_id(storage, record.id, record.optuna_name))
     started = known.originals
     if started >= spec.budget.n_trials and not known.waiting:
         return None
@@ -130,10 +129,6 @@ def try_claim(
     )
 
 
-def lease_study_id(storage: BaseStorage, record: StudyRecord) -> int:
-    return storage.get_study_id_from_name(record.optuna_name)
-
-
 def _current_lease(session: Session, team: Team, trial_id: int, lease_id: str) -> tuple[Lease, StudyRecord]:
     lease = study_rows.lock_lease(session, trial_id)
     if lease is not None and lease.study_id is None and lease.team_id in (team.id, None):
@@ -147,11 +142,19 @@ def _current_lease(session: Session, team: Team, trial_id: int, lease_id: str) -
     return lease, record
 
 
-def _extend(session: Session, storage: BaseStorage, lease: Lease, settings: Settings) -> None:
-    """Optuna's heartbeat decides staleness (the reaper); expires_at shows the lease's horizon."""
+def _extend(session: Session, storage: BaseStorage, lease: Lease, settings: Settings, *, unless_fresh: bool = False) -> None:
+    """Optuna's heartbeat decides staleness (the reaper); expires_at shows the lease's horizon.
+
+    unless_fresh (reports): a lease extended less than half a heartbeat interval ago is left as
+    it is. Fast epochs report many times per heartbeat, and each extension is four statements of
+    Optuna's heartbeat plus our update; the worker's heartbeat thread keeps the lease anyway."""
+    now = study_rows.now(session)
+    lease_length = timedelta(seconds=settings.lease_seconds)
+    if unless_fresh and lease.expires_at - now > lease_length - timedelta(seconds=settings.heartbeat_seconds / 2):
+        return
     with optuna_errors():
         storage.record_heartbeat(lease.trial_id)  # type: ignore[attr-defined]
-    lease.expires_at = study_rows.now(session) + timedelta(seconds=settings.lease_seconds)
+    lease.expires_at = now + lease_length
 
 
 def _live_lease(session: Session, team: Team, trial_id: int, lease_id: str) -> tuple[Lease, StudyRecord]:
@@ -181,20 +184,21 @@ def report(
 
     Reporting the same step twice keeps the first value (Optuna ignores the repeat)."""
     lease, record = _live_lease(session, team, trial_id, lease_id)
-    _extend(session, storage, lease, settings)
+    _extend(session, storage, lease, settings, unless_fresh=True)
     spec = spec_of(record)
     with optuna_errors():
         # Straight to the storage: no optuna.Study or Trial (their construction reads the study,
         # and a sampler may read every trial), what Trial.report would do, then the pruner on
         # the flat path's completed trials.
-        trial = storage.get_trial(trial_id)
-        if step not in trial.intermediate_values:
+        curve = coordination.curve(storage, trial_id)
+        if step not in curve:
             storage.set_trial_intermediate_value(trial_id, step, value)
-            trial.intermediate_values = {**trial.intermediate_values, step: value}
+            curve[step] = value
         if record.stopped:
             return True  # a stopped study lets its running trials go at their next report
         direction = optuna.study.StudyDirection.MAXIMIZE if spec.direction == "maximize" else optuna.study.StudyDirection.MINIMIZE
-        return coordination.should_prune(storage, lease_study_id(storage, record), build_pruner(spec), direction, trial)
+        study_id = coordination.optuna_study_id(storage, record.id, record.optuna_name)
+        return coordination.should_prune(storage, study_id, build_pruner(spec), direction, trial_id, curve)
 
 
 def checkpoint(
