@@ -190,15 +190,15 @@ def report(
         # Straight to the storage: no optuna.Study or Trial (their construction reads the study,
         # and a sampler may read every trial), what Trial.report would do, then the pruner on
         # the flat path's completed trials.
-        curve = coordination.curve(storage, trial_id)
+        study_id = coordination.optuna_study_id(storage, record.id, record.optuna_name)
+        curve, completed = coordination.curve_and_completed(storage, study_id, trial_id)
         if step not in curve:
             storage.set_trial_intermediate_value(trial_id, step, value)
             curve[step] = value
         if record.stopped:
             return True  # a stopped study lets its running trials go at their next report
         direction = optuna.study.StudyDirection.MAXIMIZE if spec.direction == "maximize" else optuna.study.StudyDirection.MINIMIZE
-        study_id = coordination.optuna_study_id(storage, record.id, record.optuna_name)
-        return coordination.should_prune(storage, study_id, build_pruner(spec), direction, trial_id, curve)
+        return coordination.should_prune(storage, study_id, build_pruner(spec), direction, trial_id, curve, completed)
 
 
 def checkpoint(
