@@ -91,7 +91,11 @@ def try_claim(
         params = suggest(trial, spec)
         trial.set_user_attr("worker_id", worker_id)
         storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
-        history = list(storage.get_trial_system_attrs(trial._trial_id).get("retry_history", []))
+        # The trial as Trial() read it when ask() made it (a retry's lineage is copied in at
+        # creation); asking the storage again would read the whole trial a second time.
+        frozen = getattr(trial, "_cached_frozen_trial", None)
+        attrs = frozen.system_attrs if frozen is not None else storage.get_trial_system_attrs(trial._trial_id)
+        history = list(attrs.get("retry_history", []))
     retry_of = history[-1] if history else None
     workload = spec.workload
     if "seed" in params and spec.kind == "lr_sweep":
@@ -272,23 +276,22 @@ def _end(
         if not frozen.state.is_finished():
             spec = spec_of(record)
             study = load_study(storage, record.optuna_name, spec)
-            trial = optuna.trial.Trial(study, lease.trial_id)
             # User attributes, so optuna-dashboard shows why a trial ended and what its curve says.
-            if error:
-                trial.set_user_attr("error", error[:2000])
-            if reason:
-                trial.set_user_attr("reason", reason)
-            if metrics:
-                trial.set_user_attr("metrics", metrics)
+            # Straight to the storage: an optuna.Trial would read the whole trial again (and
+            # some samplers, building it, every trial of the study).
+            attrs = {"error": error[:2000] if error else None, "reason": reason, "metrics": metrics or None}
             # The diagnosis reads curves as losses; a maximized objective is turned upside down.
             sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
             curve = [sign * v for _, v in sorted(frozen.intermediate_values.items())]
             start = (metrics or {}).get("initial_val_loss")
             # An LR range test's curve runs over lrs, not epochs: the epoch diagnosis does not apply.
             verdict = None if spec.kind == "lr_finder" else diagnose(curve, reason=reason, start=None if start is None else sign * start)
-            if verdict is not None:
-                trial.set_user_attr("diagnosis", verdict)
-            study.tell(trial, value if state == "complete" else None, state=_OPTUNA_STATE[state], skip_if_finished=True)
+            attrs["diagnosis"] = verdict
+            for key, attr in attrs.items():
+                if attr is not None:
+                    storage.set_trial_user_attr(lease.trial_id, key, attr)
+            # By number: tell() then reads the trial once, as it does for a Trial.
+            study.tell(frozen.number, value if state == "complete" else None, state=_OPTUNA_STATE[state], skip_if_finished=True)
     lease.ended_at = study_rows.now(session)
     lease.outcome = state
     lease.error = error
