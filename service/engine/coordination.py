@@ -147,15 +147,22 @@ def curve_and_completed(storage: BaseStorage, study_id: int, trial_id: int) -> t
         return _curves(conn, [trial_id])[trial_id], list(trials.completed)
 
 
+def _database(storage: BaseStorage) -> str:
+    """Which database a storage reads: the registry's key next to the study, since tests run
+    several databases in one process (and an id() of a storage may be reused after it is gone)."""
+    backend = _backend(storage)
+    engine = getattr(backend, "engine", None)
+    return str(engine.url) if engine is not None else f"storage-{id(storage)}"
+
+
 class _Registry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._studies: OrderedDict[tuple[int, int], StudyTrials] = OrderedDict()
-        self._study_ids: OrderedDict[tuple[int, int], int] = OrderedDict()
+        self._studies: OrderedDict[tuple[str, int], StudyTrials] = OrderedDict()
+        self._study_ids: OrderedDict[tuple[str, int], int] = OrderedDict()
 
     def get(self, storage: BaseStorage, study_id: int, *, refresh: bool = True) -> StudyTrials:
-        # Keyed by the storage too: tests run several in one process, each its own database.
-        key = (id(storage), study_id)
+        key = (_database(storage), study_id)
         with self._lock:
             entry = self._studies.get(key)
             if entry is None:
@@ -168,7 +175,7 @@ class _Registry:
         return entry
 
     def study_id(self, storage: BaseStorage, record_id: int, optuna_name: str) -> int:
-        key = (id(storage), record_id)
+        key = (_database(storage), record_id)
         with self._lock:
             found = self._study_ids.get(key)
         if found is None:
