@@ -87,16 +87,17 @@ def stored_lr_range(storage: BaseStorage, record: StudyRecord) -> dict[str, Any]
     return attrs.get(LR_RANGE_ATTR)
 
 
-def lr_range_info(session: Session, storage: BaseStorage, record: StudyRecord, spec: StudySpec) -> dict[str, Any] | None:
-    """For the study API: the stored decision, or that the range test is still running."""
-    if not spec.auto_lr_range:
-        return None
-    stored = stored_lr_range(storage, record)
-    if stored is not None:
-        return stored
+def _undecided(spec: StudySpec) -> dict[str, Any]:
     lr = spec.space["lr"]
     assert isinstance(lr, FloatParam)
     return {"status": "pending", "finder_study": finder_name(spec), "original": [lr.low, lr.high], "narrowed": None}
+
+
+def lr_range_info(storage: BaseStorage, record: StudyRecord, spec: StudySpec) -> dict[str, Any] | None:
+    """For the study API: the stored decision, or that the range test is still running."""
+    if not spec.auto_lr_range:
+        return None
+    return stored_lr_range(storage, record) or _undecided(spec)
 
 
 def effective_spec(session: Session, storage: BaseStorage, record: StudyRecord, spec: StudySpec) -> StudySpec | None:
@@ -119,7 +120,7 @@ def effective_spec(session: Session, storage: BaseStorage, record: StudyRecord, 
 def _decide(session: Session, storage: BaseStorage, record: StudyRecord, spec: StudySpec) -> dict[str, Any] | None:
     lr = spec.space["lr"]
     assert isinstance(lr, FloatParam)
-    base: dict[str, Any] = {"finder_study": finder_name(spec), "original": [lr.low, lr.high], "narrowed": None}
+    base = _undecided(spec)
     # Locked (after the parent: the order stop and delete use too), so a claim of the range test
     # that is still committing is waited for: its Optuna trial is visible before its lease is.
     finder_record = study_rows.get_study(session, record.team_id, finder_name(spec), lock=True)

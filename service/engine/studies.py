@@ -125,7 +125,7 @@ def summary(session: Session, storage: BaseStorage, record: StudyRecord) -> dict
         "kind": spec.kind,
         "lr_sweep": lr_analysis.sweep_result(spec, trials),
         "lr_finder": lr_analysis.finder_result(spec, trials),
-        "lr_range": lr_analysis.lr_range_info(session, storage, record, spec),
+        "lr_range": lr_analysis.lr_range_info(storage, record, spec),
     }
 
 
