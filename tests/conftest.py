@@ -185,6 +185,21 @@ def start_worker(server_url: str, token: str, *args: str) -> subprocess.Popen[by
     )
 
 
+def finish_with_workers(c: httpx.Client, workers: list[subprocess.Popen[bytes]], names: list[str], timeout: float) -> None:
+    """Wait until every study in `names` is finished, then for the workers (started with
+    --exit-when-idle) to exit 0; a worker still running at the end is killed."""
+    try:
+        for name in names:
+            wait_for(lambda n=name: c.get(f"/api/v1/studies/{n}").json()["state"] == "finished", timeout, f"{name} did not finish")
+        for w in workers:
+            assert w.wait(timeout=60) == 0
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+
+
 def wait_for(predicate: Callable[[], object], timeout: float, message: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -20,7 +20,7 @@ from service.spec import StudySpec
 from service.spec.lint import lint
 from service.spec.presets import PRESET_NAMES
 from service.spec.study import FINDER_SUFFIX
-from tests.conftest import BIN, LiveServer, auth, wait_for
+from tests.conftest import BIN, LiveServer, auth, finish_with_workers
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -146,16 +146,7 @@ def test_every_example_runs_once_on_real_workers(live_server: LiveServer, make_t
 
         # Two workers, once, over all of them: they claim across the team's studies.
         workers = [start_example_worker(live_server.url, token, f"examples-{i}") for i in range(2)]
-        try:
-            for name in names:
-                wait_for(lambda n=name: c.get(f"/api/v1/studies/{n}").json()["state"] == "finished", 480, f"{name} did not finish")
-            for w in workers:
-                assert w.wait(timeout=60) == 0
-        finally:
-            for w in workers:
-                if w.poll() is None:
-                    w.kill()
-                    w.wait()
+        finish_with_workers(c, workers, names, 480)
         studies = {name: c.get(f"/api/v1/studies/{name}").json() for name in names}
         trials = {name: c.get(f"/api/v1/studies/{name}/trials").json()["trials"] for name in names}
 

@@ -5,27 +5,16 @@ auto_lr_range narrowing a study's lr distribution before its trials."""
 from __future__ import annotations
 
 import math
-import subprocess
 from typing import Any
 
 import httpx
 
-from tests.conftest import LiveServer, start_worker, wait_for
+from tests.conftest import LiveServer, finish_with_workers, start_worker
 
 
 def run_until_finished(c: httpx.Client, live_server: LiveServer, token: str, names: list[str], workers: int = 2) -> None:
-    procs: list[subprocess.Popen[bytes]] = [
-        start_worker(live_server.url, token, "--worker-id", f"lr-{i}", "--exit-when-idle", "3") for i in range(workers)
-    ]
-    try:
-        for name in names:
-            wait_for(lambda n=name: c.get(f"/api/v1/studies/{n}").json()["state"] == "finished", 600, f"{name} did not finish")
-        for p in procs:
-            assert p.wait(timeout=60) == 0
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    procs = [start_worker(live_server.url, token, "--worker-id", f"lr-{i}", "--exit-when-idle", "3") for i in range(workers)]
+    finish_with_workers(c, procs, names, 600)
 
 
 def sweep(name: str, optimizer: str, low: float, high: float, per_decade: int, epochs: int) -> dict[str, Any]:
