@@ -72,6 +72,25 @@ def test_stale_lease_is_409_and_changes_nothing(api: Any, make_token: Any, team:
     assert response.status_code == 404
 
 
+def test_report_on_a_trial_optuna_has_finished_is_409_and_writes_nothing(
+    api: Any, make_token: Any, team: str, db_url: str
+) -> None:
+    """The report writes Optuna's intermediate values itself (coordination.record_value): it must
+    refuse a trial that Optuna has finished, as Optuna's set_trial_intermediate_value does, even
+    while the lease is live (someone told the trial from optuna-dashboard)."""
+    token = make_token(team)
+    api.post("/api/v1/studies", json=digits_definition("told"), headers=auth(token))
+    a = claim(api, token).json()
+    base = f"/api/v1/trials/{a['trial_id']}"
+    lease = {"lease_id": a["lease_id"]}
+    assert api.post(f"{base}/report", json={**lease, "step": 1, "value": 0.7}, headers=auth(token)).status_code == 200
+    study = optuna.load_study(study_name=f"{team}/told", storage=db_url)
+    study.tell(a["number"], 0.7)
+    response = api.post(f"{base}/report", json={**lease, "step": 2, "value": 0.5}, headers=auth(token))
+    assert response.status_code == 409, response.text
+    assert study.get_trials()[0].intermediate_values == {1: 0.7}
+
+
 def test_max_concurrent_and_n_trials(api: Any, make_token: Any, team: str) -> None:
     token = make_token(team)
     api.post("/api/v1/studies", json=digits_definition("cap", budget={"n_trials": 3, "max_concurrent": 2}), headers=auth(token))

@@ -39,7 +39,9 @@ class Runtime:
             yield session
 
 
-def get_runtime(request: Request) -> Runtime:
+# async where a dependency does no I/O: FastAPI runs a plain `def` dependency on its thread pool,
+# and each such hop costs a worker-protocol call about as much as a database round trip.
+async def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
@@ -67,7 +69,7 @@ def require(*roles: str) -> Any:
     """An Annotated dependency: the caller, if their token has one of `roles`; 403 otherwise."""
     allowed = frozenset(roles)
 
-    def check(request: Request, caller: Annotated[Principal, Depends(get_caller)]) -> Principal:
+    async def check(request: Request, caller: Annotated[Principal, Depends(get_caller)]) -> Principal:
         if caller.role not in allowed:
             route = request.scope.get("route")
             what = f"{request.method} {getattr(route, 'path', request.url.path)}"

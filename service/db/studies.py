@@ -71,8 +71,17 @@ def studies_with_open_leases(session: Session) -> Sequence[int]:
     return session.scalars(select(Lease.study_id).where(Lease.ended_at.is_(None), Lease.study_id.is_not(None)).distinct()).all()
 
 
-def lock_lease(session: Session, trial_id: int) -> Lease | None:
-    return session.scalars(select(Lease).where(Lease.trial_id == trial_id).with_for_update()).one_or_none()
+def lock_lease(session: Session, trial_id: int) -> tuple[Lease, StudyRecord | None, datetime] | None:
+    """The trial's lease row, locked, with its study's record (None once the study is deleted)
+    and the database's clock: one round trip for what every worker-protocol call starts with."""
+    query = (
+        select(Lease, StudyRecord, func.now())
+        .outerjoin(StudyRecord, StudyRecord.id == Lease.study_id)
+        .where(Lease.trial_id == trial_id)
+        .with_for_update(of=Lease)
+    )
+    row = session.execute(query).one_or_none()
+    return None if row is None else (row[0], row[1], row[2])
 
 
 def leases_by_trial(session: Session, study_id: int) -> dict[int, Lease]:

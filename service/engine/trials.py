@@ -10,7 +10,8 @@ import math
 import uuid
 import warnings
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import NamedTuple
 
 import optuna
 from optuna.storages import BaseStorage
@@ -133,26 +134,34 @@ def try_claim(
     )
 
 
-def _current_lease(session: Session, team: Team, trial_id: int, lease_id: str) -> tuple[Lease, StudyRecord]:
-    lease = study_rows.lock_lease(session, trial_id)
+class _Held(NamedTuple):
+    """A trial's lease, locked for this transaction, its study, and the database's clock."""
+
+    lease: Lease
+    record: StudyRecord
+    now: datetime
+
+
+def _current_lease(session: Session, team: Team, trial_id: int, lease_id: str) -> _Held:
+    found = study_rows.lock_lease(session, trial_id)
+    lease, record, now = found if found is not None else (None, None, None)
     if lease is not None and lease.study_id is None and lease.team_id in (team.id, None):
         # None: a tombstone from before leases recorded their team.
         raise Gone(f"trial {trial_id}'s study was deleted; drop the trial and claim other work")
-    record = session.get(StudyRecord, lease.study_id) if lease and lease.study_id is not None else None
     if lease is None or record is None or record.team_id != team.id:
         raise NotFound(f"no trial with id {trial_id}")
     if lease.lease_id != lease_id:
         raise LeaseLost(f"lease {lease_id} is not the current lease of trial {trial_id}")
-    return lease, record
+    return _Held(lease, record, now)
 
 
-def _extend(session: Session, storage: BaseStorage, lease: Lease, settings: Settings, *, unless_fresh: bool = False) -> None:
+def _extend(storage: BaseStorage, held: _Held, settings: Settings, *, unless_fresh: bool = False) -> None:
     """Optuna's heartbeat decides staleness (the reaper); expires_at shows the lease's horizon.
 
     unless_fresh (reports): a lease extended less than half a heartbeat interval ago is left as
     it is. Fast epochs report many times per heartbeat, and each extension is four statements of
     Optuna's heartbeat plus our update; the worker's heartbeat thread keeps the lease anyway."""
-    now = study_rows.now(session)
+    lease, now = held.lease, held.now
     lease_length = timedelta(seconds=settings.lease_seconds)
     if unless_fresh and lease.expires_at - now > lease_length - timedelta(seconds=settings.heartbeat_seconds / 2):
         return
@@ -161,17 +170,17 @@ def _extend(session: Session, storage: BaseStorage, lease: Lease, settings: Sett
     lease.expires_at = now + lease_length
 
 
-def _live_lease(session: Session, team: Team, trial_id: int, lease_id: str) -> tuple[Lease, StudyRecord]:
-    lease, record = _current_lease(session, team, trial_id, lease_id)
-    if lease.ended_at is not None:
-        raise LeaseLost(f"trial {trial_id} already ended ({lease.outcome}); its lease is no longer valid")
-    return lease, record
+def _live_lease(session: Session, team: Team, trial_id: int, lease_id: str) -> _Held:
+    held = _current_lease(session, team, trial_id, lease_id)
+    if held.lease.ended_at is not None:
+        raise LeaseLost(f"trial {trial_id} already ended ({held.lease.outcome}); its lease is no longer valid")
+    return held
 
 
 def heartbeat(session: Session, storage: BaseStorage, team: Team, trial_id: int, lease_id: str, settings: Settings) -> Lease:
-    lease, _ = _live_lease(session, team, trial_id, lease_id)
-    _extend(session, storage, lease, settings)
-    return lease
+    held = _live_lease(session, team, trial_id, lease_id)
+    _extend(storage, held, settings)
+    return held.lease
 
 
 def report(
@@ -187,18 +196,19 @@ def report(
     """Record an intermediate value and answer whether the trial should stop.
 
     Reporting the same step twice keeps the first value (Optuna ignores the repeat)."""
-    lease, record = _live_lease(session, team, trial_id, lease_id)
-    _extend(session, storage, lease, settings, unless_fresh=True)
+    return _report(session, storage, _live_lease(session, team, trial_id, lease_id), step, value, settings)
+
+
+def _report(session: Session, storage: BaseStorage, held: _Held, step: int, value: float, settings: Settings) -> bool:
+    _extend(storage, held, settings, unless_fresh=True)
+    record, trial_id = held.record, held.lease.trial_id
     spec = spec_of(record)
     with optuna_errors():
-        # Straight to the storage: no optuna.Study or Trial (their construction reads the study,
-        # and a sampler may read every trial), what Trial.report would do, then the pruner on
-        # the flat path's completed trials.
+        # The value goes into Optuna's table and the pruner reads the flat path's view, all on
+        # this transaction's connection, in two or three statements (coordination.record_value):
+        # no optuna.Study or Trial, whose construction reads the study (and a sampler, every trial).
         study_id = coordination.optuna_study_id(storage, record.id, record.optuna_name)
-        curve, completed = coordination.curve_and_completed(storage, study_id, trial_id)
-        if step not in curve:
-            storage.set_trial_intermediate_value(trial_id, step, value)
-            curve[step] = value
+        curve, completed = coordination.record_value(session.connection(), storage, study_id, trial_id, step, value)
         if record.stopped:
             return True  # a stopped study lets its running trials go at their next report
         direction = optuna.study.StudyDirection.MAXIMIZE if spec.direction == "maximize" else optuna.study.StudyDirection.MINIMIZE
@@ -219,16 +229,16 @@ def checkpoint(
 ) -> bool:
     """A report and the checkpoint taken at the same step, in one call: a retry that resumes
     from step N has the values of steps 1..N and reports from N+1, so none is lost or doubled."""
-    prune = report(session, storage, team, trial_id, lease_id, step, value, settings)
-    lease, _ = _live_lease(session, team, trial_id, lease_id)
-    checkpoints.save(session, store, lease, step, data)
+    held = _live_lease(session, team, trial_id, lease_id)
+    prune = _report(session, storage, held, step, value, settings)
+    checkpoints.save(session, store, held.lease, step, data)
     return prune
 
 
 def resume_checkpoint(
     session: Session, storage: BaseStorage, store: checkpoints.ArtifactStore, team: Team, trial_id: int, lease_id: str
 ) -> tuple[int, bytes] | None:
-    _, record = _live_lease(session, team, trial_id, lease_id)
+    record = _live_lease(session, team, trial_id, lease_id).record
     return checkpoints.load(session, storage, store, record, trial_id)
 
 
@@ -244,14 +254,14 @@ def finish(
     reason: str | None = None,
     metrics: dict[str, float] | None = None,
 ) -> str:
-    lease, record = _current_lease(session, team, trial_id, lease_id)
+    lease, record, now = _current_lease(session, team, trial_id, lease_id)
     if lease.ended_at is not None:
         if lease.outcome == state:
             return state  # a repeated finish (a retry after a lost response) is harmless
         raise LeaseLost(f"trial {trial_id} already ended as {lease.outcome}, not {state}")
     if state == "complete" and (value is None or not math.isfinite(value)):
         raise InvalidRequest("value: a complete trial needs a finite objective value")
-    _end(session, storage, record, lease, state, value, error, reason, metrics)
+    _end(session, storage, record, lease, state, value, error, reason, metrics, now=now)
     if state == "failed" and reason == "interrupted":
         # The worker was shut down, not the trial broken: it resumes elsewhere, like a lost one.
         retry_lost_trial(storage, record, trial_id)
@@ -268,6 +278,8 @@ def _end(
     error: str | None,
     reason: str | None = None,
     metrics: dict[str, float] | None = None,
+    *,
+    now: datetime | None = None,
 ) -> None:
     with optuna_errors():
         # Someone may have finished it already (optuna-dashboard can "tell"); then only the
@@ -292,6 +304,6 @@ def _end(
                     storage.set_trial_user_attr(lease.trial_id, key, attr)
             # By number: tell() then reads the trial once, as it does for a Trial.
             study.tell(frozen.number, value if state == "complete" else None, state=_OPTUNA_STATE[state], skip_if_finished=True)
-    lease.ended_at = study_rows.now(session)
+    lease.ended_at = now if now is not None else study_rows.now(session)
     lease.outcome = state
     lease.error = error
