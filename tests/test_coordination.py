@@ -6,15 +6,20 @@ from __future__ import annotations
 
 import random
 import uuid
+import warnings
 
 import optuna
 import pytest
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
+from sqlalchemy import text
 
-from service.engine import coordination
+from service.engine import coordination, optuna_rows
+from service.engine.factories import build_sampler
 from service.engine.storage import make_storage
 from service.settings import Settings
+from service.spec import StudySpec
+from tests.conftest import digits_definition
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +120,65 @@ def test_small_reads_agree_with_optunas_public_api(storage: optuna.storages.Base
     optuna.storages.RetryFailedTrialCallback()(study, storage.get_trial(lost._trial_id))
     view = coordination.study_trials(storage, study._study_id)
     assert view.originals == 2 and view.waiting == 1
+
+
+def test_rows_written_in_the_callers_transaction_are_optunas_own(storage: optuna.storages.BaseStorage) -> None:
+    """optuna_rows writes Optuna's rows itself (heartbeat, user attributes, intermediate values):
+    Optuna must read them back as the rows its own storage methods write, and go on updating them."""
+    backend = storage._backend  # type: ignore[attr-defined]
+    study = optuna.create_study(storage=storage, study_name=f"rows-{uuid.uuid4().hex[:8]}")
+    trial = study.ask()
+    tid = trial._trial_id
+    with backend.engine.begin() as conn:
+        optuna_rows.record_heartbeat(conn, tid)
+        optuna_rows.set_user_attrs(conn, tid, {"worker_id": "w1", "metrics": {"acc": 0.5}})
+        state, curve = optuna_rows.insert_value_and_read(conn, tid, 1, 0.75)
+    assert state == TrialState.RUNNING and curve == {}  # the statement sees the trial as before its insert
+    with backend.engine.begin() as conn:
+        # A repeated step keeps the first value, as the service's reports promise.
+        assert optuna_rows.insert_value_and_read(conn, tid, 1, 0.1) == (TrialState.RUNNING, {1: 0.75})
+        optuna_rows.set_user_attrs(conn, tid, {"worker_id": "w2"})
+    frozen = storage.get_trial(tid)
+    assert frozen.intermediate_values == {1: 0.75}
+    assert frozen.user_attrs == {"worker_id": "w2", "metrics": {"acc": 0.5}}
+    # Optuna's own heartbeat finds and updates the row we wrote (one row per trial), and its stale
+    # check reads it: fresh now, stale once it is an hour old.
+    storage.record_heartbeat(tid)  # type: ignore[attr-defined]
+    assert tid not in backend._get_stale_trial_ids(study._study_id)
+    with backend.engine.begin() as conn:
+        conn.execute(text("UPDATE trial_heartbeats SET heartbeat = heartbeat - interval '1 hour' WHERE trial_id = :t"), {"t": tid})
+    assert backend._get_stale_trial_ids(study._study_id) == [tid]
+    study.tell(trial, 0.75)
+    with backend.engine.begin() as conn:
+        # A finished trial takes no value (Optuna's UpdateFinishedTrialError; the report's 409).
+        assert optuna_rows.insert_value_and_read(conn, tid, 2, 0.5) == (TrialState.COMPLETE, {1: 0.75})
+        assert optuna_rows.state_and_curve(conn, tid) == (TrialState.COMPLETE, {1: 0.75})
+        assert optuna_rows.state_and_curve(conn, -1) == (None, {})
+
+
+class _Untouchable:
+    """A study that fails the test if anything reads it."""
+
+    def __getattr__(self, name: str) -> None:
+        raise AssertionError(f"after_trial read study.{name}")
+
+
+@pytest.mark.parametrize("kind", ["tpe", "random", "grid", "qmc", "cmaes"])
+def test_after_trial_of_every_sampler_the_service_builds_does_nothing(kind: str) -> None:
+    """A finish sets the trial's state through the storage instead of study.tell, which would
+    also call the sampler's after_trial: safe only while that hook does nothing for the samplers
+    the factories build (no constraints). A sampler whose hook acts must fail here."""
+    space = {"optimizer": {"type": "categorical", "choices": ["sgd", "adam"]}}
+    spec = StudySpec.model_validate(
+        digits_definition("hooks", space=space, sampler={"kind": kind, "seed": 0}) | {"name": "hooks"}
+    )
+    sampler = build_sampler(spec, n_claimed=3)
+    trial = optuna.trial.create_trial(
+        params={"optimizer": "adam"},
+        distributions={"optimizer": optuna.distributions.CategoricalDistribution(["sgd", "adam"])},
+        value=0.5,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # CmaEsSampler warns when it meets constraints
+        for state, values in ((TrialState.COMPLETE, [0.5]), (TrialState.PRUNED, None), (TrialState.FAIL, None)):
+            sampler.after_trial(_Untouchable(), trial, state, values)  # type: ignore[arg-type]

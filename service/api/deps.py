@@ -50,15 +50,20 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 _bearer = HTTPBearer(auto_error=False, description="A team token: `Authorization: Bearer hpo_...`")
 
 
-def get_caller(
-    runtime: RuntimeDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Principal:
-    """The token's team and role: 401 for a missing, unknown, revoked or expired token."""
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def _bearer_token(credentials: HTTPAuthorizationCredentials | None) -> str:
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise Unauthorized("missing bearer token: send `Authorization: Bearer <token>`")
+    return credentials.credentials
+
+
+def get_caller(runtime: RuntimeDep, credentials: Credentials) -> Principal:
+    """The token's team and role: 401 for a missing, unknown, revoked or expired token."""
+    token = _bearer_token(credentials)
     with runtime.transaction() as session:
-        return authenticate(session, credentials.credentials)
+        return authenticate(session, token)
 
 
 def _either(roles: tuple[str, ...]) -> str:
@@ -71,13 +76,45 @@ def require(*roles: str) -> Any:
 
     async def check(request: Request, caller: Annotated[Principal, Depends(get_caller)]) -> Principal:
         if caller.role not in allowed:
-            route = request.scope.get("route")
-            what = f"{request.method} {getattr(route, 'path', request.url.path)}"
-            raise Forbidden(f"{what} needs role {_either(roles)}; this token is {caller.role}")
+            raise Forbidden(f"{_what(request)} needs role {_either(roles)}; this token is {caller.role}")
         return caller
 
     check.roles = roles  # type: ignore[attr-defined]  # read by the route-security test
     return Annotated[Principal, Depends(check)]
+
+
+@dataclass
+class Call:
+    """A caller whose token was checked in `session`'s transaction, which the route goes on using
+    and commits itself (whatever it leaves uncommitted is rolled back). The worker protocol's
+    calls are small and many: one connection and one transaction per call, not two."""
+
+    principal: Principal
+    session: Session
+
+
+def require_in_transaction(*roles: str) -> Any:
+    """Like `require`, but the route gets a `Call`: the caller and the open transaction."""
+    allowed = frozenset(roles)
+
+    def open_call(request: Request, runtime: RuntimeDep, credentials: Credentials) -> Iterator[Call]:
+        token = _bearer_token(credentials)
+        session = runtime.sessions()
+        try:
+            caller = authenticate(session, token)
+            if caller.role not in allowed:
+                raise Forbidden(f"{_what(request)} needs role {_either(roles)}; this token is {caller.role}")
+            yield Call(caller, session)
+        finally:
+            session.close()
+
+    open_call.roles = roles  # type: ignore[attr-defined]  # read by the route-security test
+    return Annotated[Call, Depends(open_call)]
+
+
+def _what(request: Request) -> str:
+    route = request.scope.get("route")
+    return f"{request.method} {getattr(route, 'path', request.url.path)}"
 
 
 # Reading studies and presets.
@@ -86,5 +123,7 @@ Reader = require("viewer", "member", "admin")
 Manager = require("member", "admin")
 # The worker protocol: claim, report, heartbeat, finish, checkpoints.
 WorkerRole = require("worker", "admin")
+# The same, for the calls made many times per trial: the route works in the token check's transaction.
+WorkerCall = require_in_transaction("worker", "admin")
 # The team's tokens and audit trail.
 Admin = require("admin")

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from service.api.deps import RuntimeDep, WorkerRole
+from service.api.deps import RuntimeDep, WorkerCall, WorkerRole
 from service.api.schemas import (
     ClaimRequest,
     FinishRequest,
@@ -30,42 +30,44 @@ _LEASE_LOST = {409: {"description": "the lease is not the trial's current lease;
     response_model=Assignment,
     responses={200: {"description": "an assignment"}, 204: {"description": "no work right now"}},
 )
-def claim(body: ClaimRequest, runtime: RuntimeDep, caller: WorkerRole) -> Any:
-    with runtime.transaction() as session:
-        candidates = trials.claim_candidates(session, runtime.storage, caller.team, body.studies)
+def claim(body: ClaimRequest, runtime: RuntimeDep, call: WorkerCall) -> Any:
+    session = call.session
+    candidates = trials.claim_candidates(session, runtime.storage, call.principal.team, body.studies)
     # One transaction per study tried: row locks are never held on two studies at once,
-    # so concurrent claims cannot deadlock whatever order they try studies in.
+    # so concurrent claims cannot deadlock whatever order they try studies in. (The first one
+    # is the token check's: that read the candidates without locking anything.)
     for study_id in candidates:
-        with runtime.transaction() as session:
-            assignment = trials.try_claim(session, runtime.storage, study_id, body.worker_id, runtime.settings)
+        assignment = trials.try_claim(session, runtime.storage, study_id, body.worker_id, runtime.settings)
+        session.commit()
         if assignment is not None:
             return assignment
+    session.commit()
     return Response(status_code=204)
 
 
 @router.post("/{trial_id}/report", response_model=ReportResponse, responses=_LEASE_LOST)
-def report(trial_id: int, body: ReportRequest, runtime: RuntimeDep, caller: WorkerRole) -> dict[str, bool]:
-    with runtime.transaction() as session:
-        prune = trials.report(
-            session, runtime.storage, caller.team, trial_id, body.lease_id, body.step, body.value, runtime.settings
-        )
+def report(trial_id: int, body: ReportRequest, runtime: RuntimeDep, call: WorkerCall) -> dict[str, bool]:
+    prune = trials.report(
+        call.session, runtime.storage, call.principal.team, trial_id, body.lease_id, body.step, body.value, runtime.settings
+    )
+    call.session.commit()
     return {"prune": prune}
 
 
 @router.post("/{trial_id}/heartbeat", response_model=HeartbeatResponse, responses=_LEASE_LOST)
-def heartbeat(trial_id: int, body: LeaseRequest, runtime: RuntimeDep, caller: WorkerRole) -> dict[str, float]:
-    with runtime.transaction() as session:
-        trials.heartbeat(session, runtime.storage, caller.team, trial_id, body.lease_id, runtime.settings)
+def heartbeat(trial_id: int, body: LeaseRequest, runtime: RuntimeDep, call: WorkerCall) -> dict[str, float]:
+    trials.heartbeat(call.session, runtime.storage, call.principal.team, trial_id, body.lease_id, runtime.settings)
+    call.session.commit()
     return {"lease_seconds": runtime.settings.lease_seconds}
 
 
 @router.post("/{trial_id}/finish", response_model=FinishResponse, responses=_LEASE_LOST)
-def finish(trial_id: int, body: FinishRequest, runtime: RuntimeDep, caller: WorkerRole) -> dict[str, str]:
-    with runtime.transaction() as session:
-        state = trials.finish(
-            session, runtime.storage, caller.team, trial_id, body.lease_id, body.state, body.value, body.error,
-            body.reason, body.metrics,
-        )
+def finish(trial_id: int, body: FinishRequest, runtime: RuntimeDep, call: WorkerCall) -> dict[str, str]:
+    state = trials.finish(
+        call.session, runtime.storage, call.principal.team, trial_id, body.lease_id, body.state, body.value, body.error,
+        body.reason, body.metrics,
+    )
+    call.session.commit()
     return {"state": state}
 
 

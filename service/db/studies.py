@@ -45,6 +45,18 @@ def running_count(session: Session, study_id: int) -> int:
     return session.scalar(select(func.count()).where(Lease.study_id == study_id, Lease.ended_at.is_(None))) or 0
 
 
+def open_lease_state(session: Session, study_id: int) -> tuple[int, bool]:
+    """(open leases of the study, whether any of them has expired): one read of the partial index
+    ix_hpo_leases_open. A lease expires no later than Optuna calls its trial stale (the grace
+    period is the lease length rounded up), so no expired lease means nothing to reap."""
+    count, expired = session.execute(
+        select(func.count(), func.coalesce(func.bool_or(Lease.expires_at <= func.now()), False)).where(
+            Lease.study_id == study_id, Lease.ended_at.is_(None)
+        )
+    ).one()
+    return int(count), bool(expired)
+
+
 def lease_counts(session: Session, study_ids: Sequence[int]) -> dict[int, tuple[int, int]]:
     """study_id -> (original trials claimed so far, trials running now).
 

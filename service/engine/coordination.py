@@ -26,8 +26,9 @@ from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages._rdb import models as rdb_models
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
-from sqlalchemy import exists, literal, or_, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import or_, select
+
+from service.engine import optuna_rows
 
 # Studies whose trials one API process keeps; the least recently used beyond that are dropped
 # (and rebuilt, with one full read, when used again).
@@ -36,9 +37,9 @@ MAX_STUDIES = 256
 # Optuna's own tables, read directly for the small reads below. They are private to Optuna, so its
 # version is pinned (constraints.txt), and tests/test_coordination.py checks what is read here
 # against Optuna's public API.
-_TRIALS = rdb_models.TrialModel.__table__
+_TRIALS = optuna_rows.TRIALS
 _SYSTEM_ATTRS = rdb_models.TrialSystemAttributeModel.__table__
-_VALUES = rdb_models.TrialIntermediateValueModel.__table__
+_VALUES = optuna_rows.VALUES
 
 
 @dataclass
@@ -143,7 +144,8 @@ def record_value(
     included, and the study's completed trials.
 
     The write is the row Optuna's `set_trial_intermediate_value` would add, in the statement
-    that reads the curve back: one round trip instead of Optuna's three and a commit of its own.
+    that reads the curve back (optuna_rows): one round trip instead of Optuna's three and a
+    commit of its own.
     Conflict (409) if Optuna has the trial finished (someone told it, e.g. from the dashboard)."""
     backend = _backend(storage)
     if not isinstance(backend, RDBStorage):
@@ -159,46 +161,13 @@ def record_value(
     with trials.lock:
         trials.refresh_on(conn)
         completed = list(trials.completed)
-    state, values = _insert_and_read(conn, trial_id, step, value)
+    state, values = optuna_rows.insert_value_and_read(conn, trial_id, step, value)
     if state is None:
         raise KeyError(f"trial {trial_id}")
     if state != TrialState.RUNNING:
         raise optuna.exceptions.UpdateFinishedTrialError(f"trial {trial_id} is {state.name}; it takes no more reports")
     values.setdefault(step, value)
     return values, completed
-
-
-def _insert_and_read(conn: Any, trial_id: int, step: int, value: float) -> tuple[TrialState | None, dict[int, float]]:
-    """INSERT the value (if the trial is running and the step is new) and, in the same statement,
-    SELECT the trial's state and curve as they were before it (a statement's snapshot does not
-    see its own CTE's insert, so the caller adds the step)."""
-    model = rdb_models.TrialIntermediateValueModel
-    trials, v = _TRIALS.c, _VALUES.c
-    stored, kind = model.intermediate_value_to_stored_repr(value)
-    row = select(
-        literal(trial_id, type_=v.trial_id.type),
-        literal(step, type_=v.step.type),
-        literal(stored, type_=v.intermediate_value.type),
-        literal(kind, type_=v.intermediate_value_type.type),
-    ).where(exists().where(trials.trial_id == trial_id, trials.state == TrialState.RUNNING))
-    insert = (
-        pg_insert(_VALUES)
-        .from_select([v.trial_id, v.step, v.intermediate_value, v.intermediate_value_type], row)
-        .on_conflict_do_nothing(index_elements=[v.trial_id, v.step])
-        .cte("inserted")
-    )
-    query = (
-        select(trials.state, v.step, v.intermediate_value, v.intermediate_value_type)
-        .select_from(_TRIALS.outerjoin(_VALUES, v.trial_id == trials.trial_id))
-        .where(trials.trial_id == trial_id)
-        .add_cte(insert)
-    )
-    state: TrialState | None = None
-    values: dict[int, float] = {}
-    for state, found_step, stored_value, stored_kind in conn.execute(query):
-        if found_step is not None:
-            values[found_step] = model.stored_repr_to_intermediate_value(stored_value, stored_kind)
-    return state, values
 
 
 def _database(storage: BaseStorage) -> str:
@@ -244,9 +213,14 @@ class _Registry:
 _registry = _Registry()
 
 
-def study_trials(storage: BaseStorage, study_id: int) -> StudyTrials:
-    """The study's trials as of now (refreshed)."""
-    return _registry.get(storage, study_id)
+def study_trials(storage: BaseStorage, study_id: int, *, conn: Any = None) -> StudyTrials:
+    """The study's trials as of now (refreshed; on `conn`, the caller's connection, if given)."""
+    if conn is None or not isinstance(_backend(storage), RDBStorage):
+        return _registry.get(storage, study_id)
+    trials = _registry.get(storage, study_id, refresh=False)
+    with trials.lock:
+        trials.refresh_on(conn)
+    return trials
 
 
 def optuna_study_id(storage: BaseStorage, record_id: int, optuna_name: str) -> int:

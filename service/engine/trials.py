@@ -11,7 +11,7 @@ import uuid
 import warnings
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import optuna
 from optuna.storages import BaseStorage
@@ -23,14 +23,14 @@ from service.db.models import Lease, StudyRecord, Team
 from service.engine import checkpoints
 from service.engine.diagnosis import diagnose
 from service.engine.reaper import reap_study, retry_lost_trial
-from service.engine import coordination
+from service.engine import coordination, optuna_rows
 from service.engine.factories import build_pruner, load_study, suggest
 from service.engine.lr_analysis import effective_spec, finder_name
 from service.engine.storage import optuna_errors
 from service.engine.studies import spec_of
 from service.errors import Gone, InvalidRequest, LeaseLost, NotFound
 from service.settings import Settings
-from service.spec import Assignment, FinishState
+from service.spec import Assignment, FinishState, StudySpec
 
 _OPTUNA_STATE = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
 
@@ -69,16 +69,22 @@ def try_claim(
     if record is None or record.stopped:
         return None
     spec = spec_of(record)
-    reap_study(session, storage, record)
+    running, expired = study_rows.open_lease_state(session, record.id)
+    if expired:
+        # Only then can a trial be stale; the background reaper covers the rest (orphans).
+        reap_study(session, storage, record)
+        running = study_rows.running_count(session, record.id)
     narrowed = effective_spec(session, storage, record, spec)
     if narrowed is None:
         return None  # its LR range test (a study of its own) has not finished yet
     spec = narrowed
-    if study_rows.running_count(session, record.id) >= spec.budget.max_concurrent:
+    if running >= spec.budget.max_concurrent:
         return None
+    conn = session.connection()
     with optuna_errors():
         # Incremental (coordination.py): the new and the unfinished trials, not all of them.
-        known = coordination.study_trials(storage, coordination.optuna_study_id(storage, record.id, record.optuna_name))
+        study_id = coordination.optuna_study_id(storage, record.id, record.optuna_name)
+        known = coordination.study_trials(storage, study_id, conn=conn)
     started = known.originals
     if started >= spec.budget.n_trials and not known.waiting:
         return None
@@ -90,8 +96,10 @@ def try_claim(
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
             trial = study.ask()
         params = suggest(trial, spec)
-        trial.set_user_attr("worker_id", worker_id)
-        storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+        # In this transaction (optuna_rows), not through the storage: two statements, not two
+        # round trips of checkout, reads and commit each.
+        optuna_rows.set_user_attrs(conn, trial._trial_id, {"worker_id": worker_id})
+        optuna_rows.record_heartbeat(conn, trial._trial_id)
         # The trial as Trial() read it when ask() made it (a retry's lineage is copied in at
         # creation); asking the storage again would read the whole trial a second time.
         frozen = getattr(trial, "_cached_frozen_trial", None)
@@ -155,18 +163,18 @@ def _current_lease(session: Session, team: Team, trial_id: int, lease_id: str) -
     return _Held(lease, record, now)
 
 
-def _extend(storage: BaseStorage, held: _Held, settings: Settings, *, unless_fresh: bool = False) -> None:
+def _extend(session: Session, held: _Held, settings: Settings, *, unless_fresh: bool = False) -> None:
     """Optuna's heartbeat decides staleness (the reaper); expires_at shows the lease's horizon.
 
     unless_fresh (reports): a lease extended less than half a heartbeat interval ago is left as
-    it is. Fast epochs report many times per heartbeat, and each extension is four statements of
-    Optuna's heartbeat plus our update; the worker's heartbeat thread keeps the lease anyway."""
+    it is. Fast epochs report many times per heartbeat; the worker's heartbeat thread keeps the
+    lease anyway."""
     lease, now = held.lease, held.now
     lease_length = timedelta(seconds=settings.lease_seconds)
     if unless_fresh and lease.expires_at - now > lease_length - timedelta(seconds=settings.heartbeat_seconds / 2):
         return
-    with optuna_errors():
-        storage.record_heartbeat(lease.trial_id)  # type: ignore[attr-defined]
+    # Optuna's heartbeat row, written in this transaction (optuna_rows).
+    optuna_rows.record_heartbeat(session.connection(), lease.trial_id)
     lease.expires_at = now + lease_length
 
 
@@ -179,7 +187,7 @@ def _live_lease(session: Session, team: Team, trial_id: int, lease_id: str) -> _
 
 def heartbeat(session: Session, storage: BaseStorage, team: Team, trial_id: int, lease_id: str, settings: Settings) -> Lease:
     held = _live_lease(session, team, trial_id, lease_id)
-    _extend(storage, held, settings)
+    _extend(session, held, settings)
     return held.lease
 
 
@@ -200,7 +208,7 @@ def report(
 
 
 def _report(session: Session, storage: BaseStorage, held: _Held, step: int, value: float, settings: Settings) -> bool:
-    _extend(storage, held, settings, unless_fresh=True)
+    _extend(session, held, settings, unless_fresh=True)
     record, trial_id = held.record, held.lease.trial_id
     spec = spec_of(record)
     with optuna_errors():
@@ -281,29 +289,53 @@ def _end(
     *,
     now: datetime | None = None,
 ) -> None:
+    conn = session.connection()
     with optuna_errors():
         # Someone may have finished it already (optuna-dashboard can "tell"); then only the
         # lease ends here, and Optuna's record stays as it is.
-        frozen = storage.get_trial(lease.trial_id)
-        if not frozen.state.is_finished():
+        found, intermediate = optuna_rows.state_and_curve(conn, lease.trial_id)
+        if found is not None and not found.is_finished():
             spec = spec_of(record)
-            study = load_study(storage, record.optuna_name, spec)
-            # User attributes, so optuna-dashboard shows why a trial ended and what its curve says.
-            # Straight to the storage: an optuna.Trial would read the whole trial again (and
-            # some samplers, building it, every trial of the study).
-            attrs = {"error": error[:2000] if error else None, "reason": reason, "metrics": metrics or None}
-            # The diagnosis reads curves as losses; a maximized objective is turned upside down.
-            sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
-            curve = [sign * v for _, v in sorted(frozen.intermediate_values.items())]
-            start = (metrics or {}).get("initial_val_loss")
-            # An LR range test's curve runs over lrs, not epochs: the epoch diagnosis does not apply.
-            verdict = None if spec.kind == "lr_finder" else diagnose(curve, reason=reason, start=None if start is None else sign * start)
-            attrs["diagnosis"] = verdict
-            for key, attr in attrs.items():
-                if attr is not None:
-                    storage.set_trial_user_attr(lease.trial_id, key, attr)
-            # By number: tell() then reads the trial once, as it does for a Trial.
-            study.tell(frozen.number, value if state == "complete" else None, state=_OPTUNA_STATE[state], skip_if_finished=True)
+            # What study.tell does, without its two reads of the whole trial: the values it
+            # would store, then the storage's state change. (tell also calls the sampler's
+            # after_trial, which does nothing for the samplers the factories build:
+            # tests/test_coordination.py.)
+            values = _told_values(state, value, intermediate)
+            try:
+                storage.set_trial_state_values(lease.trial_id, _OPTUNA_STATE[state], values)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # told in between (tell's skip_if_finished)
+            else:
+                # After the state change, which locks the trial's row on the storage's own
+                # connection (optuna_rows: lock order). User attributes, so optuna-dashboard
+                # shows why a trial ended and what its curve says.
+                optuna_rows.set_user_attrs(conn, lease.trial_id, _end_attrs(spec, intermediate, error, reason, metrics))
     lease.ended_at = now if now is not None else study_rows.now(session)
     lease.outcome = state
     lease.error = error
+
+
+def _told_values(state: FinishState, value: float | None, intermediate: dict[int, float]) -> list[float] | None:
+    """The values study.tell stores: the objective for a complete trial; for a pruned one, its
+    last intermediate value unless that is NaN; none for a failed one."""
+    if state == "complete":
+        assert value is not None
+        return [float(value)]
+    if state == "pruned" and intermediate:
+        last = intermediate[max(intermediate)]
+        return None if math.isnan(last) else [float(last)]
+    return None
+
+
+def _end_attrs(
+    spec: StudySpec, intermediate: dict[int, float], error: str | None, reason: str | None, metrics: dict[str, float] | None
+) -> dict[str, Any]:
+    """The user attributes a finished trial gets: error, reason, metrics and the curve's diagnosis."""
+    attrs = {"error": error[:2000] if error else None, "reason": reason, "metrics": metrics or None}
+    # The diagnosis reads curves as losses; a maximized objective is turned upside down.
+    sign = -1.0 if spec.direction == "maximize" else 1.0
+    curve = [sign * v for _, v in sorted(intermediate.items())]
+    start = (metrics or {}).get("initial_val_loss")
+    # An LR range test's curve runs over lrs, not epochs: the epoch diagnosis does not apply.
+    attrs["diagnosis"] = None if spec.kind == "lr_finder" else diagnose(curve, reason=reason, start=None if start is None else sign * start)
+    return {key: attr for key, attr in attrs.items() if attr is not None}

@@ -1,0 +1,94 @@
+"""Rows of Optuna's own tables, written and read on the caller's connection (inside its transaction).
+
+The worker protocol's hot paths (claim, report, heartbeat, finish) write a handful of rows per
+call: a heartbeat, an intermediate value, a user attribute. Through the storage each is a pool
+checkout, a read of the trial, a read of the row and a commit of its own; here each is one
+statement in the transaction that already holds the trial's lease. The rows are exactly the
+ones Optuna's RDBStorage writes (same tables, same encodings), so Optuna, optuna-dashboard and
+the flat path read them as their own; tests/test_coordination.py checks them through Optuna's
+public API. The tables are private to Optuna, whose version is pinned in constraints.txt.
+
+PostgreSQL only (ON CONFLICT), as the service is.
+
+Lock order: these statements take a KEY SHARE lock on the trial's row (foreign keys). Optuna's
+state change (storage.set_trial_state_values) locks the row FOR UPDATE on another connection, so
+a transaction must not call it after writing here, or it waits on itself."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from optuna.storages._rdb import models as rdb_models
+from optuna.trial import TrialState
+from sqlalchemy import exists, func, literal, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+TRIALS = rdb_models.TrialModel.__table__
+VALUES = rdb_models.TrialIntermediateValueModel.__table__
+_HEARTBEATS = rdb_models.TrialHeartbeatModel.__table__
+_USER_ATTRS = rdb_models.TrialUserAttributeModel.__table__
+_VALUE_MODEL = rdb_models.TrialIntermediateValueModel
+
+
+def record_heartbeat(conn: Any, trial_id: int) -> None:
+    """What RDBStorage.record_heartbeat writes: the trial's one heartbeat row, set to the
+    database's now() (Optuna's stale-trial check compares it with its own now())."""
+    h = _HEARTBEATS.c
+    statement = pg_insert(_HEARTBEATS).values(trial_id=trial_id, heartbeat=func.now())
+    conn.execute(statement.on_conflict_do_update(index_elements=[h.trial_id], set_={"heartbeat": statement.excluded.heartbeat}))
+
+
+def set_user_attrs(conn: Any, trial_id: int, attrs: Mapping[str, Any]) -> None:
+    """What RDBStorage.set_trial_user_attr writes (JSON, a later value replacing an earlier one),
+    for several keys in one statement."""
+    if not attrs:
+        return
+    a = _USER_ATTRS.c
+    rows = [{"trial_id": trial_id, "key": key, "value_json": json.dumps(value)} for key, value in attrs.items()]
+    statement = pg_insert(_USER_ATTRS).values(rows)
+    conn.execute(statement.on_conflict_do_update(index_elements=[a.trial_id, a.key], set_={"value_json": statement.excluded.value_json}))
+
+
+def state_and_curve(conn: Any, trial_id: int) -> tuple[TrialState | None, dict[int, float]]:
+    """The trial's state (None if there is no such trial) and intermediate values, in one read."""
+    return _read(conn, trial_id)
+
+
+def insert_value_and_read(conn: Any, trial_id: int, step: int, value: float) -> tuple[TrialState | None, dict[int, float]]:
+    """Add the step's intermediate value if the trial is RUNNING and the step has none (Optuna's
+    row: value and kind), and in the same statement read the trial's state and curve as they were
+    before it: a statement does not see its own CTE's insert, so the caller adds the step."""
+    trials, v = TRIALS.c, VALUES.c
+    stored, kind = _VALUE_MODEL.intermediate_value_to_stored_repr(value)
+    row = select(
+        literal(trial_id, type_=v.trial_id.type),
+        literal(step, type_=v.step.type),
+        literal(stored, type_=v.intermediate_value.type),
+        literal(kind, type_=v.intermediate_value_type.type),
+    ).where(exists().where(trials.trial_id == trial_id, trials.state == TrialState.RUNNING))
+    insert = (
+        pg_insert(VALUES)
+        .from_select([v.trial_id, v.step, v.intermediate_value, v.intermediate_value_type], row)
+        .on_conflict_do_nothing(index_elements=[v.trial_id, v.step])
+        .cte("inserted")
+    )
+    return _read(conn, trial_id, insert)
+
+
+def _read(conn: Any, trial_id: int, cte: Any = None) -> tuple[TrialState | None, dict[int, float]]:
+    trials, v = TRIALS.c, VALUES.c
+    query = (
+        select(trials.state, v.step, v.intermediate_value, v.intermediate_value_type)
+        .select_from(TRIALS.outerjoin(VALUES, v.trial_id == trials.trial_id))
+        .where(trials.trial_id == trial_id)
+    )
+    if cte is not None:
+        query = query.add_cte(cte)
+    state: TrialState | None = None
+    values: dict[int, float] = {}
+    for state, step, stored, kind in conn.execute(query):
+        if step is not None:
+            values[step] = _VALUE_MODEL.stored_repr_to_intermediate_value(stored, kind)
+    return state, values
