@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy import func
 from sqlalchemy.orm import Session
 
 from service.db import studies as study_rows
@@ -94,7 +95,12 @@ def try_claim(
         with warnings.catch_warnings():
             # Optuna expects heartbeats only inside study.optimize; here leases drive them.
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-            trial = study.ask()
+            if known.waiting:
+                trial = study.ask()
+            else:
+                # What ask() does when nothing waits, without its own search for a WAITING trial
+                # (a read of every unfinished trial, whole), which the view above has just done.
+                trial = optuna.trial.Trial(study, storage.create_new_trial(study_id))
         params = suggest(trial, spec)
         # In this transaction (optuna_rows), not through the storage: two statements, not two
         # round trips of checkout, reads and commit each.
@@ -117,7 +123,7 @@ def try_claim(
         number=trial.number,
         lease_id=str(uuid.uuid4()),
         worker_id=worker_id,
-        expires_at=study_rows.now(session) + timedelta(seconds=settings.lease_seconds),
+        expires_at=func.now() + timedelta(seconds=settings.lease_seconds),
         attempt=len(history) + 1,
         retry_of=retry_of,
     )
