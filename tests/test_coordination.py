@@ -182,3 +182,43 @@ def test_after_trial_of_every_sampler_the_service_builds_does_nothing(kind: str)
         warnings.simplefilter("error")  # CmaEsSampler warns when it meets constraints
         for state, values in ((TrialState.COMPLETE, [0.5]), (TrialState.PRUNED, None), (TrialState.FAIL, None)):
             sampler.after_trial(_Untouchable(), trial, state, values)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_percentile_decisions_match_optuna_on_awkward_curves(seed: int) -> None:
+    """The per-step arrays (StudyTrials.at_step) against Optuna's PercentilePruner.prune walking
+    every completed trial: NaN and infinite values, curves with gaps, steps nobody reached,
+    both directions, and the pruner's warm-up, interval, minimum-trials and percentile settings."""
+    rng = random.Random(seed)
+    awkward = [float("nan"), float("inf"), float("-inf")]
+    for _ in range(30):
+        direction = rng.choice([StudyDirection.MINIMIZE, StudyDirection.MAXIMIZE])
+        pruner = optuna.pruners.PercentilePruner(
+            percentile=rng.choice([10.0, 25.0, 50.0, 90.0]),
+            n_startup_trials=rng.randrange(0, 4),
+            n_warmup_steps=rng.randrange(0, 3),
+            interval_steps=rng.randrange(1, 3),
+            n_min_trials=rng.randrange(1, 4),
+        )
+
+        def curve() -> dict[int, float]:
+            steps = sorted(rng.sample(range(1, 9), rng.randrange(1, 7)))
+            return {s: rng.choice(awkward) if rng.random() < 0.1 else rng.uniform(0, 3) for s in steps}
+
+        study = optuna.create_study(direction=direction)
+        view = coordination.StudyTrials(study_id=0)
+        for trial_id in range(rng.randrange(0, 12)):
+            values = curve()
+            study.add_trial(
+                optuna.trial.create_trial(value=1.0, intermediate_values=values)
+            )
+            view._note(trial_id, TrialState.COMPLETE, False, values)
+        for _ in range(10):
+            reported = curve()
+            frozen = optuna.trial.create_trial(state=TrialState.RUNNING, intermediate_values=reported)
+            step = max(reported)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # nanpercentile of all-NaN, as in Optuna
+                expected = pruner.prune(study, frozen)
+                got = coordination._percentile_prune(pruner, direction, reported, step, view.at_step(step))
+            assert got == expected, (pruner.__dict__, direction, reported, [t.intermediate_values for t in study.trials])

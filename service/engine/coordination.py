@@ -9,19 +9,25 @@ before it reads, so API processes agree through the database, not through each o
 trial never changes in Optuna (intermediate values and state are frozen), which is what makes
 keeping it safe.
 
-Pruning runs Optuna's own pruner (`pruner.prune(view, trial)`) on a view whose `get_trials`
-answers from here: the decisions are Optuna's by construction (tests/test_coordination.py and
-bench/coordination.py compare them with a plain Optuna study step by step)."""
+Pruning by a median or percentile pruner follows Optuna's `PercentilePruner.prune` line by line,
+with its own helpers and settings, except where it collects the completed trials' values at the
+reporting step: those are kept here per step, as the trials complete, so a report compares
+against a ready array instead of walking every completed trial (O(completed trials) of Python
+per report, the one cost of a report that grew with the study). tests/test_coordination.py and
+bench/coordination.py compare the decisions with a plain Optuna study step by step. Other
+pruners get a real Optuna study (the slow path)."""
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
-from collections.abc import Container
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import optuna
+from optuna.pruners._percentile import _get_best_intermediate_result_over_steps, _is_first_in_interval_step
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages._rdb import models as rdb_models
 from optuna.study import StudyDirection
@@ -50,6 +56,18 @@ class _Completed:
     state: TrialState = TrialState.COMPLETE
 
 
+_EMPTY = np.empty(0, dtype=float)
+
+
+@dataclass(frozen=True)
+class AtStep:
+    """The completed trials as a percentile pruner sees them from one step: how many there are,
+    and the values at that step of those that reached it."""
+
+    n_completed: int
+    values: np.ndarray
+
+
 @dataclass
 class StudyTrials:
     study_id: int
@@ -57,6 +75,10 @@ class StudyTrials:
     # Trials not finished at the last refresh (RUNNING, WAITING): read again every time.
     unfinished: dict[int, TrialState] = field(default_factory=dict)
     completed: list[_Completed] = field(default_factory=list)
+    # Per step, the completed trials' values at that step, in completion order (what a percentile
+    # pruner compares with), and an array of each, built on first use after it changed.
+    by_step: dict[int, list[float]] = field(default_factory=dict)
+    _arrays: dict[int, np.ndarray] = field(default_factory=dict)
     # Lineages started: trials that are not retries (Optuna's retry_history), as service budgets count.
     originals: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -104,6 +126,19 @@ class StudyTrials:
         self.unfinished.pop(trial_id, None)
         if state == TrialState.COMPLETE:
             self.completed.append(_Completed(dict(curve)))
+            for step, value in curve.items():
+                self.by_step.setdefault(step, []).append(value)
+                self._arrays.pop(step, None)
+
+    def at_step(self, step: int | None) -> AtStep:
+        """What a percentile pruner reads of the completed trials for a trial at `step`.
+        Call it holding `lock`."""
+        if step is None:
+            return AtStep(len(self.completed), _EMPTY)
+        values = self._arrays.get(step)
+        if values is None:
+            values = self._arrays[step] = np.asarray(self.by_step.get(step, []), dtype=float)
+        return AtStep(len(self.completed), values)
 
     @property
     def waiting(self) -> int:
@@ -137,11 +172,11 @@ def curve(storage: BaseStorage, trial_id: int) -> dict[int, float]:
 
 def record_value(
     conn: Any, storage: BaseStorage, study_id: int, trial_id: int, step: int, value: float
-) -> tuple[dict[int, float], list[_Completed]]:
+) -> tuple[dict[int, float], AtStep]:
     """A report's database work, on the caller's connection (so inside its transaction): the
     study's view refreshed, and the step's value written to Optuna's intermediate values unless
     the step has one already (the first value stays). Returns the trial's curve, this step
-    included, and the study's completed trials.
+    included, and the study's completed trials as the pruner needs them at its last step.
 
     The write is the row Optuna's `set_trial_intermediate_value` would add, in the statement
     that reads the curve back (optuna_rows): one round trip instead of Optuna's three and a
@@ -149,25 +184,23 @@ def record_value(
     Conflict (409) if Optuna has the trial finished (someone told it, e.g. from the dashboard)."""
     backend = _backend(storage)
     if not isinstance(backend, RDBStorage):
-        trials = study_trials(storage, study_id)
-        with trials.lock:
-            completed = list(trials.completed)
         values = curve(storage, trial_id)
         if step not in values:
             storage.set_trial_intermediate_value(trial_id, step, value)
             values[step] = value
-        return values, completed
-    trials = _registry.get(storage, study_id, refresh=False)
-    with trials.lock:
-        trials.refresh_on(conn)
-        completed = list(trials.completed)
+        trials = study_trials(storage, study_id)
+        with trials.lock:
+            return values, trials.at_step(max(values))
     state, values = optuna_rows.insert_value_and_read(conn, trial_id, step, value)
     if state is None:
         raise KeyError(f"trial {trial_id}")
     if state != TrialState.RUNNING:
         raise optuna.exceptions.UpdateFinishedTrialError(f"trial {trial_id} is {state.name}; it takes no more reports")
     values.setdefault(step, value)
-    return values, completed
+    trials = _registry.get(storage, study_id, refresh=False)
+    with trials.lock:
+        trials.refresh_on(conn)
+        return values, trials.at_step(max(values))
 
 
 def _database(storage: BaseStorage) -> str:
@@ -229,28 +262,11 @@ def optuna_study_id(storage: BaseStorage, record_id: int, optuna_name: str) -> i
     return _registry.study_id(storage, record_id, optuna_name)
 
 
-class _PrunerView:
-    """The part of optuna.Study a percentile/median pruner reads: completed trials and direction."""
-
-    def __init__(self, completed: list[_Completed], direction: StudyDirection) -> None:
-        self._completed = completed
-        self.direction = direction
-
-    def get_trials(self, deepcopy: bool = False, states: Container[TrialState] | None = None) -> list[Any]:
-        if states is not None and tuple(states) != (TrialState.COMPLETE,):
-            raise NotImplementedError("the pruner view holds only completed trials")
-        return self._completed
-
-
 class _Reported:
-    """The part of a FrozenTrial a percentile/median pruner reads of the trial it judges."""
+    """The part of a FrozenTrial Optuna's percentile helpers read of the trial being judged."""
 
     def __init__(self, intermediate_values: dict[int, float]) -> None:
         self.intermediate_values = intermediate_values
-
-    @property
-    def last_step(self) -> int | None:
-        return max(self.intermediate_values) if self.intermediate_values else None
 
 
 def should_prune(
@@ -260,18 +276,54 @@ def should_prune(
     direction: StudyDirection,
     trial_id: int,
     intermediate_values: dict[int, float],
-    completed: list[_Completed] | None = None,
+    at_step: AtStep | None = None,
 ) -> bool:
     """Optuna's answer to trial.should_prune() for a trial with these intermediate values.
-    `completed`: the study's completed trials when the caller just read them (else refreshed here)."""
+    `at_step`: the completed trials at the trial's last step, when the caller just read them
+    (else the view is refreshed here)."""
     if isinstance(pruner, optuna.pruners.NopPruner):
         return False
     if not isinstance(pruner, optuna.pruners.PercentilePruner):
         # Pruners that read more than completed trials get a real study and trial (the slow path).
         study = optuna.load_study(study_name=storage.get_study_name_from_id(study_id), storage=storage, pruner=pruner)
         return pruner.prune(study, storage.get_trial(trial_id))
-    if completed is None:
+    step = max(intermediate_values) if intermediate_values else None
+    if at_step is None:
         trials = study_trials(storage, study_id)
         with trials.lock:
-            completed = list(trials.completed)
-    return pruner.prune(_PrunerView(completed, direction), _Reported(intermediate_values))  # type: ignore[arg-type]
+            at_step = trials.at_step(step)
+    return _percentile_prune(pruner, direction, intermediate_values, step, at_step)
+
+
+def _percentile_prune(
+    pruner: optuna.pruners.PercentilePruner,
+    direction: StudyDirection,
+    intermediate_values: dict[int, float],
+    step: int | None,
+    at_step: AtStep,
+) -> bool:
+    """optuna.pruners.PercentilePruner.prune (Optuna 5.0, pinned), with the values at `step` of
+    the completed trials taken from `at_step` instead of collected from every completed trial."""
+    n_trials = at_step.n_completed
+    if n_trials == 0 or n_trials < pruner._n_startup_trials:
+        return False
+    if step is None:
+        return False
+    n_warmup_steps = pruner._n_warmup_steps
+    if step < n_warmup_steps:
+        return False
+    if not _is_first_in_interval_step(step, intermediate_values.keys(), n_warmup_steps, pruner._interval_steps):
+        return False
+    best = _get_best_intermediate_result_over_steps(_Reported(intermediate_values), direction)  # type: ignore[arg-type]
+    if math.isnan(best):
+        return True
+    # _get_percentile_intermediate_result_over_trials, on the ready array.
+    if len(at_step.values) < pruner._n_min_trials:
+        return False
+    percentile = 100 - pruner._percentile if direction == StudyDirection.MAXIMIZE else pruner._percentile
+    p = float(np.nanpercentile(at_step.values, percentile))
+    if math.isnan(p):
+        return False
+    if direction == StudyDirection.MAXIMIZE:
+        return best < p
+    return best > p

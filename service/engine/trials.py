@@ -222,11 +222,11 @@ def _report(session: Session, storage: BaseStorage, held: _Held, step: int, valu
         # this transaction's connection, in two or three statements (coordination.record_value):
         # no optuna.Study or Trial, whose construction reads the study (and a sampler, every trial).
         study_id = coordination.optuna_study_id(storage, record.id, record.optuna_name)
-        curve, completed = coordination.record_value(session.connection(), storage, study_id, trial_id, step, value)
+        curve, at_step = coordination.record_value(session.connection(), storage, study_id, trial_id, step, value)
         if record.stopped:
             return True  # a stopped study lets its running trials go at their next report
         direction = optuna.study.StudyDirection.MAXIMIZE if spec.direction == "maximize" else optuna.study.StudyDirection.MINIMIZE
-        return coordination.should_prune(storage, study_id, build_pruner(spec), direction, trial_id, curve, completed)
+        return coordination.should_prune(storage, study_id, build_pruner(spec), direction, trial_id, curve, at_step)
 
 
 def checkpoint(
