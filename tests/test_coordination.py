@@ -5,6 +5,7 @@ and the incremental trial view counts what a full read counts."""
 from __future__ import annotations
 
 import random
+import threading
 import uuid
 import warnings
 
@@ -222,3 +223,52 @@ def test_percentile_decisions_match_optuna_on_awkward_curves(seed: int) -> None:
                 expected = pruner.prune(study, frozen)
                 got = coordination._percentile_prune(pruner, direction, reported, step, view.at_step(step))
             assert got == expected, (pruner.__dict__, direction, reported, [t.intermediate_values for t in study.trials])
+
+
+def test_concurrent_refreshes_end_up_where_one_full_read_does(storage: optuna.storages.BaseStorage) -> None:
+    """Refreshes read outside the view's lock (reports of one study run side by side), so they
+    overlap and apply in any order, some with older reads than the view already has."""
+    backend = storage._backend  # type: ignore[attr-defined]
+    study = optuna.create_study(storage=storage, study_name=f"overlap-{uuid.uuid4().hex[:8]}")
+    view = coordination.study_trials(storage, study._study_id)
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def refresh_until_done() -> None:
+        try:
+            with backend.engine.connect() as conn:
+                while not done.is_set():
+                    view.refresh_on(conn)
+                    conn.rollback()
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=refresh_until_done) for _ in range(6)]
+    for t in threads:
+        t.start()
+    rng = random.Random(0)
+    running: list[optuna.Trial] = []
+    for _ in range(60):
+        if running and rng.random() < 0.5:
+            trial = running.pop(rng.randrange(len(running)))
+            trial.report(rng.random(), 1)
+            state = rng.choice([TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL])
+            study.tell(trial, rng.random() if state == TrialState.COMPLETE else None, state=state)
+            if rng.random() < 0.3:
+                optuna.storages.RetryFailedTrialCallback()(study, storage.get_trial(trial._trial_id))
+        else:
+            running.append(study.ask())
+    done.set()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    view = coordination.study_trials(storage, study._study_id)
+    fresh = coordination.StudyTrials(study._study_id)
+    fresh.refresh(storage)
+    full = storage.get_all_trials(study._study_id, deepcopy=False)
+    assert view.originals == fresh.originals == sum(not t.system_attrs.get("retry_history") for t in full)
+    assert view.unfinished == fresh.unfinished == {t._trial_id: t.state for t in full if not t.state.is_finished()}
+    assert sorted(c.intermediate_values[1] for c in view.completed) == sorted(
+        t.intermediate_values[1] for t in full if t.state == TrialState.COMPLETE
+    )
+    assert view.at_step(1).values.size == len(view.completed)

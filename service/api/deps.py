@@ -5,12 +5,13 @@ WorkerRole, Admin); tests/test_route_security.py fails on a route that does not.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from optuna.storages import BaseStorage
 from sqlalchemy import Engine
@@ -20,6 +21,9 @@ from service.db.teams import Principal, authenticate
 from service.engine.checkpoints import ArtifactStore
 from service.errors import Forbidden, Unauthorized
 from service.settings import Settings
+
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -85,28 +89,38 @@ def require(*roles: str) -> Any:
 
 @dataclass
 class Call:
-    """A caller whose token was checked in `session`'s transaction, which the route goes on using
-    and commits itself (whatever it leaves uncommitted is rolled back). The worker protocol's
-    calls are small and many: one connection and one transaction per call, not two."""
+    """A caller not yet checked: the token and what the route allows. `run` checks it and does
+    the route's work in one transaction, on one thread-pool thread. The worker protocol's calls
+    are small and many: one hop to the thread pool, one connection and one transaction per call
+    (a dependency that checked the token first would take a hop and a transaction of its own,
+    and holding its connection across hops could starve the pool of threads)."""
 
-    principal: Principal
-    session: Session
+    runtime: Runtime
+    token: str
+    roles: tuple[str, ...]
+    what: str
+
+    async def run(self, work: Callable[[Principal, Session], T]) -> T:
+        """`work(caller, session)` after the token check (401, 403 as `require`), then commit;
+        rolled back if anything raises. `work` may commit part-way itself."""
+
+        def job() -> T:
+            with self.runtime.sessions() as session:
+                caller = authenticate(session, self.token)
+                if caller.role not in self.roles:
+                    raise Forbidden(f"{self.what} needs role {_either(self.roles)}; this token is {caller.role}")
+                result = work(caller, session)
+                session.commit()
+                return result
+
+        return await run_in_threadpool(job)
 
 
 def require_in_transaction(*roles: str) -> Any:
-    """Like `require`, but the route gets a `Call`: the caller and the open transaction."""
-    allowed = frozenset(roles)
+    """Like `require`, but the route gets a `Call` and checks the token in its own transaction."""
 
-    def open_call(request: Request, runtime: RuntimeDep, credentials: Credentials) -> Iterator[Call]:
-        token = _bearer_token(credentials)
-        session = runtime.sessions()
-        try:
-            caller = authenticate(session, token)
-            if caller.role not in allowed:
-                raise Forbidden(f"{_what(request)} needs role {_either(roles)}; this token is {caller.role}")
-            yield Call(caller, session)
-        finally:
-            session.close()
+    async def open_call(request: Request, runtime: RuntimeDep, credentials: Credentials) -> Call:
+        return Call(runtime, _bearer_token(credentials), roles, _what(request))
 
     open_call.roles = roles  # type: ignore[attr-defined]  # read by the route-security test
     return Annotated[Call, Depends(open_call)]

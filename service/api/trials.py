@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session
 
 from service.api.deps import RuntimeDep, WorkerCall, WorkerRole
 from service.api.schemas import (
@@ -17,6 +18,7 @@ from service.api.schemas import (
     ReportRequest,
     ReportResponse,
 )
+from service.db.teams import Principal
 from service.engine import trials
 from service.spec import Assignment
 
@@ -30,45 +32,51 @@ _LEASE_LOST = {409: {"description": "the lease is not the trial's current lease;
     response_model=Assignment,
     responses={200: {"description": "an assignment"}, 204: {"description": "no work right now"}},
 )
-def claim(body: ClaimRequest, runtime: RuntimeDep, call: WorkerCall) -> Any:
-    session = call.session
-    candidates = trials.claim_candidates(session, runtime.storage, call.principal.team, body.studies)
-    # One transaction per study tried: row locks are never held on two studies at once,
-    # so concurrent claims cannot deadlock whatever order they try studies in. (The first one
-    # is the token check's: that read the candidates without locking anything.)
-    for study_id in candidates:
-        assignment = trials.try_claim(session, runtime.storage, study_id, body.worker_id, runtime.settings)
-        session.commit()
-        if assignment is not None:
-            return assignment
-    session.commit()
-    return Response(status_code=204)
+async def claim(body: ClaimRequest, runtime: RuntimeDep, call: WorkerCall) -> Any:
+    def work(caller: Principal, session: Session) -> Assignment | None:
+        candidates = trials.claim_candidates(session, runtime.storage, caller.team, body.studies)
+        # One transaction per study tried: row locks are never held on two studies at once,
+        # so concurrent claims cannot deadlock whatever order they try studies in. (The first
+        # is the token check's: that read the candidates without locking anything.)
+        for study_id in candidates:
+            assignment = trials.try_claim(session, runtime.storage, study_id, body.worker_id, runtime.settings)
+            session.commit()
+            if assignment is not None:
+                return assignment
+        return None
+
+    assignment = await call.run(work)
+    return Response(status_code=204) if assignment is None else assignment
 
 
 @router.post("/{trial_id}/report", response_model=ReportResponse, responses=_LEASE_LOST)
-def report(trial_id: int, body: ReportRequest, runtime: RuntimeDep, call: WorkerCall) -> dict[str, bool]:
-    prune = trials.report(
-        call.session, runtime.storage, call.principal.team, trial_id, body.lease_id, body.step, body.value, runtime.settings
-    )
-    call.session.commit()
-    return {"prune": prune}
+async def report(trial_id: int, body: ReportRequest, runtime: RuntimeDep, call: WorkerCall) -> dict[str, bool]:
+    def work(caller: Principal, session: Session) -> bool:
+        return trials.report(
+            session, runtime.storage, caller.team, trial_id, body.lease_id, body.step, body.value, runtime.settings
+        )
+
+    return {"prune": await call.run(work)}
 
 
 @router.post("/{trial_id}/heartbeat", response_model=HeartbeatResponse, responses=_LEASE_LOST)
-def heartbeat(trial_id: int, body: LeaseRequest, runtime: RuntimeDep, call: WorkerCall) -> dict[str, float]:
-    trials.heartbeat(call.session, runtime.storage, call.principal.team, trial_id, body.lease_id, runtime.settings)
-    call.session.commit()
+async def heartbeat(trial_id: int, body: LeaseRequest, runtime: RuntimeDep, call: WorkerCall) -> dict[str, float]:
+    def work(caller: Principal, session: Session) -> None:
+        trials.heartbeat(session, runtime.storage, caller.team, trial_id, body.lease_id, runtime.settings)
+
+    await call.run(work)
     return {"lease_seconds": runtime.settings.lease_seconds}
 
 
 @router.post("/{trial_id}/finish", response_model=FinishResponse, responses=_LEASE_LOST)
-def finish(trial_id: int, body: FinishRequest, runtime: RuntimeDep, call: WorkerCall) -> dict[str, str]:
-    state = trials.finish(
-        call.session, runtime.storage, call.principal.team, trial_id, body.lease_id, body.state, body.value, body.error,
-        body.reason, body.metrics,
-    )
-    call.session.commit()
-    return {"state": state}
+async def finish(trial_id: int, body: FinishRequest, runtime: RuntimeDep, call: WorkerCall) -> dict[str, str]:
+    def work(caller: Principal, session: Session) -> str:
+        return trials.finish(
+            session, runtime.storage, caller.team, trial_id, body.lease_id, body.state, body.value, body.error,
+            body.reason, body.metrics,
+        )
+
+    return {"state": await call.run(work)}
 
 
 _CHECKPOINT_BODY = {

@@ -71,7 +71,6 @@ class AtStep:
 @dataclass
 class StudyTrials:
     study_id: int
-    max_trial_id: int = -1
     # Trials not finished at the last refresh (RUNNING, WAITING): read again every time.
     unfinished: dict[int, TrialState] = field(default_factory=dict)
     completed: list[_Completed] = field(default_factory=list)
@@ -81,42 +80,63 @@ class StudyTrials:
     _arrays: dict[int, np.ndarray] = field(default_factory=dict)
     # Lineages started: trials that are not retries (Optuna's retry_history), as service budgets count.
     originals: int = 0
+    # The highest trial id seen. Optuna creates a study's trials one at a time (create_new_trial
+    # locks the study's row until it commits), so they become visible in id order: every trial
+    # of the study with a lower id has been seen.
+    max_trial_id: int = -1
+    # Refreshes run their reads outside the lock, so several may be in flight; one that started
+    # before the last one applied only adds what cannot go back (new trials, finished states).
+    _started: int = 0
+    _applied: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def refresh(self, storage: BaseStorage) -> None:
+        backend = _backend(storage)
+        if isinstance(backend, RDBStorage):
+            with backend.engine.connect() as conn:
+                self.refresh_on(conn)
+            return
         with self.lock:
-            backend = _backend(storage)
-            if isinstance(backend, RDBStorage):
-                self._refresh_rdb(backend)
-                return
             for t in storage.get_all_trials(self.study_id, deepcopy=False):
-                if t._trial_id > self.max_trial_id or t._trial_id in self.unfinished:
+                if not self._known(t._trial_id) or t._trial_id in self.unfinished:
                     self._note(t._trial_id, t.state, bool(t.system_attrs.get("retry_history")), t.intermediate_values)
 
-    def _refresh_rdb(self, backend: RDBStorage) -> None:
-        with backend.engine.connect() as conn:
-            self.refresh_on(conn)
-
     def refresh_on(self, conn: Any) -> None:
-        """Three small reads: (id, state) of the new and the unfinished trials, which of the new
-        ones are retries, and the curves of those that completed since the last refresh. Whole
-        trials (params, attributes) are never read here. Call it holding `lock`."""
+        """Three small reads: (id, state) of the new and the unfinished trials, which of the
+        new ones are retries, and the curves of those that completed since the last refresh.
+        Whole trials (params, attributes) are never read here. Takes `lock` only around the
+        bookkeeping, not the reads: concurrent reports of one study don't queue on it."""
         trials, system_attrs = _TRIALS.c, _SYSTEM_ATTRS.c
-        fresh = trials.trial_id > self.max_trial_id
-        if self.unfinished:
-            fresh = or_(fresh, trials.trial_id.in_(list(self.unfinished)))
+        with self.lock:
+            self._started += 1
+            started, seen, unfinished = self._started, self.max_trial_id, list(self.unfinished)
+        fresh = trials.trial_id > seen
+        if unfinished:
+            fresh = or_(fresh, trials.trial_id.in_(unfinished))
         rows = conn.execute(select(trials.trial_id, trials.state).where(trials.study_id == self.study_id, fresh)).all()
-        new = [trial_id for trial_id, _ in rows if trial_id > self.max_trial_id]
+        with self.lock:
+            new = [trial_id for trial_id, _ in rows if not self._known(trial_id)]
+            ending = [t for t, s in rows if s == TrialState.COMPLETE and (t in new or t in self.unfinished)]
         retries: set[int] = set()
         if new:
             retried = select(system_attrs.trial_id).where(system_attrs.trial_id.in_(new), system_attrs.key == "retry_history")
             retries = set(conn.scalars(retried))
-        curves = _curves(conn, [trial_id for trial_id, state in rows if state == TrialState.COMPLETE])
-        for trial_id, state in sorted(rows):
-            self._note(trial_id, state, trial_id in retries, curves.get(trial_id, {}))
+        curves = _curves(conn, ending)
+        with self.lock:
+            stale = started < self._applied
+            self._applied = max(self._applied, started)
+            for trial_id, state in sorted(rows):
+                if self._known(trial_id) and trial_id not in self.unfinished:
+                    continue  # finished, and noted as such already
+                if stale and self._known(trial_id) and not state.is_finished():
+                    continue  # a newer refresh has this unfinished trial's state already
+                self._note(trial_id, state, trial_id in retries, curves.get(trial_id, {}))
+
+    def _known(self, trial_id: int) -> bool:
+        return trial_id <= self.max_trial_id
 
     def _note(self, trial_id: int, state: TrialState, retry: bool, curve: dict[int, float]) -> None:
-        if trial_id > self.max_trial_id:
+        if not self._known(trial_id):
             self.max_trial_id = trial_id
             if not retry:
                 self.originals += 1
@@ -198,8 +218,8 @@ def record_value(
         raise optuna.exceptions.UpdateFinishedTrialError(f"trial {trial_id} is {state.name}; it takes no more reports")
     values.setdefault(step, value)
     trials = _registry.get(storage, study_id, refresh=False)
+    trials.refresh_on(conn)
     with trials.lock:
-        trials.refresh_on(conn)
         return values, trials.at_step(max(values))
 
 
@@ -251,8 +271,7 @@ def study_trials(storage: BaseStorage, study_id: int, *, conn: Any = None) -> St
     if conn is None or not isinstance(_backend(storage), RDBStorage):
         return _registry.get(storage, study_id)
     trials = _registry.get(storage, study_id, refresh=False)
-    with trials.lock:
-        trials.refresh_on(conn)
+    trials.refresh_on(conn)
     return trials
 
 
