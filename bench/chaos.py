@@ -151,22 +151,18 @@ class ApiServer:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 120) -> None:
-        import httpx
+        from hpo_client import Client
 
         path = self.logs / f"{self.name}-{self.starts}.log"
         self.starts += 1
         self.log_files.append(path)
         self.process = spawn([HPO, "serve", "--host", "127.0.0.1", "--port", str(self.port)], self.env, path)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode} during start-up:\n{tail(path)}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+        process = self.process
+        with Client(self.url, None, timeout=1) as client:
+            if client.wait_until_healthy(timeout, running=lambda: process.poll() is None):
+                return
+        if process.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {process.returncode} during start-up:\n{tail(path)}")
         raise RuntimeError(f"{self.name} did not become healthy:\n{tail(path)}")
 
     def kill(self) -> None:

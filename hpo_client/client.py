@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -85,6 +85,16 @@ class Client:
             return self._request("GET", "/healthz").json().get("status") == "ok"
         except HpoError:
             return False
+
+    def wait_until_healthy(self, timeout: float, *, running: Callable[[], bool] = lambda: True) -> bool:
+        """Poll /healthz until the service answers (True), or `timeout` seconds pass or
+        `running()` turns False (False): for whoever just started the server process."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and running():
+            if self.health():
+                return True
+            time.sleep(0.2)
+        return False
 
     def submit(self, definition: Definition, *, name: str | None = None) -> StudyCreated:
         """Create a study from a definition: a dict, or the path of a YAML or JSON file (sent as

@@ -24,6 +24,7 @@ import httpx
 import psycopg
 import pytest
 
+from hpo_client import Client
 from service.settings import Settings, normalize_database_url
 
 BIN = Path(sys.executable).parent
@@ -138,14 +139,11 @@ class LiveServer:
             **env,
         }
         self.process = subprocess.Popen([str(BIN / "hpo"), "serve"], env=self.env)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, "hpo serve exited during start-up"
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        process = self.process
+        with Client(self.url, None, timeout=1) as client:
+            if client.wait_until_healthy(60, running=lambda: process.poll() is None):
+                return
+        assert process.poll() is None, "hpo serve exited during start-up"
         raise RuntimeError("hpo serve did not become healthy")
 
     def client(self, token: str) -> httpx.Client:

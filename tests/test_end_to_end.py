@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import optuna
 
-from tests.conftest import LiveServer, digits_definition, start_worker, wait_for
+from tests.conftest import LiveServer, digits_definition, finish_with_workers, start_worker, wait_for
 
 
 def long_running(name: str) -> dict[str, Any]:
@@ -42,14 +42,7 @@ def test_sixteen_trials_two_workers(live_server: LiveServer, make_token: Any, te
     with live_server.client(token) as c:
         assert c.post("/api/v1/studies", json=definition).status_code == 201
         workers = [start_worker(live_server.url, token, "--worker-id", f"e2e-{i}", "--exit-when-idle", "3") for i in range(2)]
-        try:
-            wait_for(lambda: c.get("/api/v1/studies/e2e").json()["state"] == "finished", 300, "study did not finish")
-            for w in workers:
-                assert w.wait(timeout=60) == 0
-        finally:
-            for w in workers:
-                if w.poll() is None:
-                    w.kill()
+        finish_with_workers(c, workers, ["e2e"], 300)
         summary = c.get("/api/v1/studies/e2e").json()
         trials = c.get("/api/v1/studies/e2e/trials").json()["trials"]
 

@@ -66,14 +66,11 @@ def _free_port(preferred: int) -> int:
 
 
 def _wait_healthy(url: str, api: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
     with Client(url, None, timeout=2) as client:
-        while time.monotonic() < deadline:
-            if api.poll() is not None:
-                raise typer.Exit(f"the API exited with code {api.returncode}")
-            if client.health():
-                return
-            time.sleep(0.3)
+        if client.wait_until_healthy(timeout, running=lambda: api.poll() is None):
+            return
+    if api.poll() is not None:
+        raise typer.Exit(f"the API exited with code {api.returncode}")
     raise typer.Exit("the API did not become healthy in time")
 
 
