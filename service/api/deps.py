@@ -114,7 +114,7 @@ class Call:
         return await run_in_threadpool(job)
 
 
-def require_in_transaction(*roles: str) -> Any:
+def require_call(*roles: str) -> Any:
     """Like `require`, but the route gets a `Call` to do its work with."""
     allowed = frozenset(roles)
 
@@ -138,7 +138,7 @@ Reader = require("viewer", "member", "admin")
 Manager = require("member", "admin")
 # The worker protocol: claim, report, heartbeat, finish, checkpoints.
 WorkerRole = require("worker", "admin")
-# The same, for the calls made many times per trial: the route works in the token check's transaction.
-WorkerCall = require_in_transaction("worker", "admin")
+# The same, for the calls made many times per trial: the route's work runs through `Call.run`.
+WorkerCall = require_call("worker", "admin")
 # The team's tokens and audit trail.
 Admin = require("admin")

@@ -37,7 +37,7 @@ async def claim(body: ClaimRequest, runtime: RuntimeDep, call: WorkerCall) -> An
         candidates = trials.claim_candidates(session, runtime.storage, caller.team, body.studies)
         # One transaction per study tried: row locks are never held on two studies at once,
         # so concurrent claims cannot deadlock whatever order they try studies in. (The first
-        # is the token check's: that read the candidates without locking anything.)
+        # is the one the candidates were read in, which locked nothing.)
         for study_id in candidates:
             assignment = trials.try_claim(session, runtime.storage, study_id, body.worker_id, runtime.settings)
             session.commit()

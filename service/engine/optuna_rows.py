@@ -86,9 +86,9 @@ def _read(conn: Any, trial_id: int, cte: Any = None) -> tuple[TrialState | None,
     )
     if cte is not None:
         query = query.add_cte(cte)
-    state: TrialState | None = None
-    values: dict[int, float] = {}
-    for state, step, stored, kind in conn.execute(query):
-        if step is not None:
-            values[step] = _VALUE_MODEL.stored_repr_to_intermediate_value(stored, kind)
+    rows = conn.execute(query).all()
+    state: TrialState | None = rows[0][0] if rows else None
+    values = {
+        step: _VALUE_MODEL.stored_repr_to_intermediate_value(stored, kind) for _, step, stored, kind in rows if step is not None
+    }
     return state, values
