@@ -78,8 +78,8 @@ def _either(roles: tuple[str, ...]) -> str:
     return roles[0] if len(roles) == 1 else f"{', '.join(roles[:-1])} or {roles[-1]}"
 
 
-def require(*roles: str) -> Any:
-    """An Annotated dependency: the caller, if their token has one of `roles`; 403 otherwise."""
+def _role_check(roles: tuple[str, ...]) -> Callable[..., Any]:
+    """A dependency: the caller, if their token has one of `roles`; 403 otherwise."""
     allowed = frozenset(roles)
 
     async def check(request: Request, caller: Annotated[Principal, Depends(get_caller)]) -> Principal:
@@ -88,7 +88,12 @@ def require(*roles: str) -> Any:
         return caller
 
     check.roles = roles  # type: ignore[attr-defined]  # read by the route-security test
-    return Annotated[Principal, Depends(check)]
+    return check
+
+
+def require(*roles: str) -> Any:
+    """An Annotated dependency: the caller, if their token has one of `roles`; 403 otherwise."""
+    return Annotated[Principal, Depends(_role_check(roles))]
 
 
 @dataclass
@@ -115,15 +120,12 @@ class Call:
 
 
 def require_call(*roles: str) -> Any:
-    """Like `require`, but the route gets a `Call` to do its work with."""
-    allowed = frozenset(roles)
+    """Like `require` (the same check), but the route gets a `Call` to do its work with."""
+    check = _role_check(roles)
 
-    async def open_call(request: Request, runtime: RuntimeDep, caller: Annotated[Principal, Depends(get_caller)]) -> Call:
-        if caller.role not in allowed:
-            raise Forbidden(f"{_what(request)} needs role {_either(roles)}; this token is {caller.role}")
+    async def open_call(runtime: RuntimeDep, caller: Principal = Depends(check)) -> Call:
         return Call(runtime, caller)
 
-    open_call.roles = roles  # type: ignore[attr-defined]  # read by the route-security test
     return Annotated[Call, Depends(open_call)]
 
 
