@@ -62,7 +62,7 @@ async def report(trial_id: int, body: ReportRequest, runtime: RuntimeDep, call: 
 @router.post("/{trial_id}/heartbeat", response_model=HeartbeatResponse, responses=_LEASE_LOST)
 async def heartbeat(trial_id: int, body: LeaseRequest, runtime: RuntimeDep, call: WorkerCall) -> dict[str, float]:
     def work(caller: Principal, session: Session) -> None:
-        trials.heartbeat(session, runtime.storage, caller.team, trial_id, body.lease_id, runtime.settings)
+        trials.heartbeat(session, caller.team, trial_id, body.lease_id, runtime.settings)
 
     await call.run(work)
     return {"lease_seconds": runtime.settings.lease_seconds}

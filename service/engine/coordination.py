@@ -50,10 +50,9 @@ _VALUES = optuna_rows.VALUES
 
 @dataclass
 class _Completed:
-    """All a percentile pruner reads of a completed trial."""
+    """A completed trial's curve (the pruner reads the per-step arrays built from these)."""
 
     intermediate_values: dict[int, float]
-    state: TrialState = TrialState.COMPLETE
 
 
 _EMPTY = np.empty(0, dtype=float)
@@ -217,8 +216,7 @@ def record_value(
     if state != TrialState.RUNNING:
         raise optuna.exceptions.UpdateFinishedTrialError(f"trial {trial_id} is {state.name}; it takes no more reports")
     values.setdefault(step, value)
-    trials = _registry.get(storage, study_id, refresh=False)
-    trials.refresh_on(conn)
+    trials = study_trials(storage, study_id, conn=conn)
     with trials.lock:
         return values, trials.at_step(max(values))
 

@@ -191,7 +191,7 @@ def _live_lease(session: Session, team: Team, trial_id: int, lease_id: str) -> _
     return held
 
 
-def heartbeat(session: Session, storage: BaseStorage, team: Team, trial_id: int, lease_id: str, settings: Settings) -> Lease:
+def heartbeat(session: Session, team: Team, trial_id: int, lease_id: str, settings: Settings) -> Lease:
     held = _live_lease(session, team, trial_id, lease_id)
     _extend(session, held, settings)
     return held.lease
