@@ -13,7 +13,9 @@ number of epochs, each followed by a validation pass:
 
 - trainer: `worker.trainer.train(workload, hp, device)`, iterated to the end (the dataset lives
   on the device; batches are slices of one shuffled copy per epoch; batch losses are read back
-  every 16 batches);
+  every 16 batches; the hand-written MLP step of worker/mlp_step.py). The table also shows it
+  with `fast_step: false` (the same loop through nn.Module and autograd), which the summary
+  line's ratio does not use;
 - DataLoader: the loop most PyTorch code has: `DataLoader(TensorDataset(x, y), batch_size,
   shuffle=True)` over host tensors (pin_memory on CUDA), each batch moved to the device,
   cross-entropy, zero_grad / backward / step, `loss.item()` per batch for the running training
@@ -29,7 +31,7 @@ seconds. CPU runs use `--threads` torch threads (default 1).
 
 Prints a table and ONE summary line:
 
-    SUMMARY trainer: trainer/DataLoader samples/s at batch 32 (cpu) = 3.4x; batch 1 = ..x; batch 1024 = ..x
+    SUMMARY trainer: trainer/DataLoader samples/s at batch 32 (cpu) = 3.1x; batch 1 = ..x; batch 1024 = ..x (with the autograd step: ..x at batch 32)
 """
 
 from __future__ import annotations
@@ -154,29 +156,43 @@ def main(argv: list[str] | None = None) -> int:
         f"torch {torch.__version__}, median of {args.repeats}",
         flush=True,
     )
-    header = f"{'batch':>5}  {'epochs':>6}  {'trainer samples/s':>17}  {'DataLoader samples/s':>20}  {'ratio':>6}"
+    header = (
+        f"{'batch':>5}  {'epochs':>6}  {'trainer samples/s':>17}  {'DataLoader samples/s':>20}  {'ratio':>6}  "
+        f"{'trainer, autograd step':>22}  {'ratio':>6}"
+    )
     print(header)
     print("-" * len(header))
     ratios: dict[int, float] = {}
+    autograd_ratios: dict[int, float] = {}
     for batch_size in args.batch_sizes:
         epochs = args.epochs or DEFAULT_EPOCHS.get(batch_size, 10)
         hp = {**defaults_for("mlp"), "batch_size": batch_size, "lr": args.lr}
-        warm = Workload(model="mlp", dataset="digits", epochs=1, seed=SEED)
-        timed = Workload(model="mlp", dataset="digits", epochs=epochs, seed=SEED)
-        time_trainer(warm, hp, device)
-        time_dataloader(warm, hp, device)
-        trainer_rates, loader_rates = [], []
+        # The trainer as it runs by default (the hand-written MLP step, worker/mlp_step.py), and
+        # with `fast_step: false` (nn.Module forward and autograd), to show what each part gives.
+        timed = {
+            fast: Workload(model="mlp", dataset="digits", epochs=epochs, seed=SEED, fast_step=fast)
+            for fast in (True, False)
+        }
+        for fast in (True, False):
+            time_trainer(timed[fast].model_copy(update={"epochs": 1}), hp, device)
+        time_dataloader(timed[True].model_copy(update={"epochs": 1}), hp, device)
+        trainer_rates, autograd_rates, loader_rates = [], [], []
         for _ in range(args.repeats):
-            trainer_rates.append(epochs * n_train / time_trainer(timed, hp, device))
-            loader_rates.append(epochs * n_train / time_dataloader(timed, hp, device))
-        t, d = statistics.median(trainer_rates), statistics.median(loader_rates)
-        ratios[batch_size] = t / d
-        print(f"{batch_size:>5}  {epochs:>6}  {t:>17,.0f}  {d:>20,.0f}  {t / d:>5.2f}x", flush=True)
+            trainer_rates.append(epochs * n_train / time_trainer(timed[True], hp, device))
+            autograd_rates.append(epochs * n_train / time_trainer(timed[False], hp, device))
+            loader_rates.append(epochs * n_train / time_dataloader(timed[True], hp, device))
+        t, a, d = (statistics.median(r) for r in (trainer_rates, autograd_rates, loader_rates))
+        ratios[batch_size], autograd_ratios[batch_size] = t / d, a / d
+        print(
+            f"{batch_size:>5}  {epochs:>6}  {t:>17,.0f}  {d:>20,.0f}  {t / d:>5.2f}x  {a:>22,.0f}  {a / d:>5.2f}x",
+            flush=True,
+        )
 
     first = 32 if 32 in ratios else next(iter(ratios))
     rest = "".join(f"; batch {b} = {r:.1f}x" for b, r in ratios.items() if b != first)
     print(
-        f"SUMMARY trainer: trainer/DataLoader samples/s at batch {first} ({device.type}) = {ratios[first]:.1f}x{rest}",
+        f"SUMMARY trainer: trainer/DataLoader samples/s at batch {first} ({device.type}) = {ratios[first]:.1f}x{rest}"
+        f" (with the autograd step: {autograd_ratios[first]:.1f}x at batch {first})",
         flush=True,
     )
     return 0

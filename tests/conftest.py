@@ -42,6 +42,21 @@ def _admin_url() -> tuple[str, object | None]:
         return server.get_uri().replace("postgres:@", "postgres@", 1), server
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """For a module that trains real models on CPU (`pytestmark = pytest.mark.usefixtures(...)`).
+    These models are tiny: torch's intra-op threads cost more than they save, and on a busy 2-core
+    machine their spinning made tests/test_trainer.py 6x slower (34 s against 5 s). Module-scoped,
+    so a module-scoped run made for several tests gets one thread too: on CPU the same run repeats
+    exactly only with the same number of threads."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def admin_url() -> Iterator[str]:
     url, server = _admin_url()

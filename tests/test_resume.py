@@ -14,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-import torch
 
 import worker.runner
 import worker.trainer
@@ -28,12 +27,7 @@ from worker.trainer import EpochResult, train
 HP = dict({name: rule.default for name, rule in MLP_PARAMS.items()}, optimizer="adam", lr=3e-3, batch_size=64, hidden_size=16)
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def assignment(trial_id: int = 1, number: int = 0, *, workload: dict[str, Any] | None = None, **extra: Any) -> Assignment:

@@ -31,6 +31,7 @@ from torch import nn
 
 from service.spec import Workload
 from worker.data import Split, load_split
+from worker.mlp_step import MlpStep, mlp_layers
 from worker.models import build_model, uses_batchnorm
 from worker.optim import build_optimizer
 from worker.schedules import build_schedule, lr_of
@@ -50,7 +51,17 @@ CHECK_EVERY = 16
 # The version of the checkpoint layout (Training.checkpoint); another version is not resumed from.
 CHECKPOINT_FORMAT = "hpo-checkpoint/1"
 # The workload fields a checkpoint must agree on (with all the hyperparameters) to be resumed.
-_CONFIG_FIELDS = ("model", "dataset", "epochs", "seed", "val_fraction", "precision", "divergence_factor", "block")
+_CONFIG_FIELDS = (
+    "model",
+    "dataset",
+    "epochs",
+    "seed",
+    "val_fraction",
+    "precision",
+    "divergence_factor",
+    "block",
+    "fast_step",
+)
 
 
 @dataclass
@@ -358,6 +369,18 @@ class _Run:
             raise CheckpointError(f"cannot resume from the checkpoint: {type(exc).__name__}: {exc}") from None
         self.resumed_from = self.epoch
 
+    def fast_step(self) -> MlpStep | None:
+        """The hand-written MLP step (worker/mlp_step.py) when the workload allows it: the mlp
+        without batchnorm, in fp32, unless the workload turned it off (`fast_step: false`)."""
+        if not self.workload.fast_step or self.workload.model != "mlp" or self.workload.precision != "fp32":
+            return None
+        layers = mlp_layers(self.model)
+        if layers is None:
+            return None
+        return MlpStep(
+            layers, self.optimizer, classify=self.data.task == "classification", n_outputs=self.data.n_outputs
+        )
+
     def epochs(self) -> Iterator[EpochResult]:
         workload, data, model, optimizer, guard = self.workload, self.data, self.model, self.optimizer, self.guard
         batch_size = int(self.hp["batch_size"])
@@ -375,6 +398,7 @@ class _Run:
             starts.pop()
         # Handed out with the first result this run yields (see EpochResult).
         initial_val_loss = self.initial_val_loss
+        fast = self.fast_step()
 
         for epoch in range(self.epoch + 1, workload.epochs + 1):
             lr = lr_of(optimizer)
@@ -384,21 +408,29 @@ class _Run:
             # cheap: no per-batch index tensor, no DataLoader, no host round trip.
             order = torch.randperm(n_train, device=self.device, generator=self.shuffle)
             x_epoch, y_epoch = data.x_train[order], data.y_train[order]
+            if fast is not None:
+                fast.start_epoch(y_epoch, batch_size)
             try:
                 for step, start in enumerate(starts, 1):
                     xb = x_epoch[start : start + batch_size]
                     yb = y_epoch[start : start + batch_size]
-                    with autocast():
-                        out = model(xb)
-                    # The loss in float32 whatever the forward pass ran in.
-                    loss = loss_fn(out.float(), yb)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    if fast is not None:
+                        loss = fast.backward(xb, yb, start)
+                    else:
+                        with autocast():
+                            out = model(xb)
+                        # The loss in float32 whatever the forward pass ran in.
+                        loss = loss_fn(out.float(), yb)
+                        optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
                     if grad_clip > 0:
                         # Clip by global norm (HYPERPARAMETERS.md, Regularisation: "tames the steep
                         # cliffs that cause exploding gradients"); computed on the device, no sync.
                         nn.utils.clip_grad_norm_(params, grad_clip)
-                    optimizer.step()
+                    if fast is not None:
+                        fast.optimizer_step()
+                    else:
+                        optimizer.step()
                     guard.add(step, xb.shape[0], loss)
                     if guard.due() and step < len(starts):
                         guard.check(epoch)

@@ -36,6 +36,10 @@ class Workload(BaseModel):
     divergence_factor: float = Field(10.0, gt=1.0, le=1e12)
     # Save a checkpoint after every epoch (built-in models), so a retried trial resumes from it.
     checkpoint: bool = True
+    # mlp: train with the hand-written step of worker/mlp_step.py when the model allows it (no
+    # batchnorm, fp32): the same gradients, a fraction of eager autograd's per-step cost on small
+    # batches. false: always through autograd (nn.Module forward, loss.backward()).
+    fast_step: bool = True
     # mlp: the order of layers inside each hidden block.
     block: list[Literal["linear", "batchnorm", "relu", "dropout"]] = Field(default_factory=lambda: list(DEFAULT_BLOCK))
     # plugin: `package.module:function`, or the name of an entry point in group `hpo.workloads`.
