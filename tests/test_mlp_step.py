@@ -83,7 +83,7 @@ def test_gradients_are_autograds(classify: bool, dropout: float, n_layers: int) 
     step.start_epoch(y, batch)
     for start in range(0, n, batch):
         xb, yb = x[start : start + batch], y[start : start + batch]
-        masks = step._masks_for(start, start + xb.shape[0])
+        masks = step._masks_for(start)
         loss = step.backward(xb, yb, start)
         expected_loss, expected = autograd_reference(model, masks, xb, yb, classify)
         torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-6)
@@ -103,8 +103,8 @@ def test_dropout_masks_keep_1_minus_p_scaled_and_follow_the_seed() -> None:
 
     def masks_of(seed: int) -> list[torch.Tensor]:
         torch.manual_seed(seed)
-        step.start_epoch(y, 100)
-        return [m for m in step._masks_for(0, 4000) if m is not None]
+        step.start_epoch(y, 4000)
+        return [m for m in step._masks_for(0) if m is not None]
 
     first, again, other = masks_of(1), masks_of(1), masks_of(2)
     assert len(first) == 2
@@ -128,7 +128,7 @@ def test_masks_are_drawn_in_bounded_windows(monkeypatch: pytest.MonkeyPatch) -> 
     step.start_epoch(torch.zeros(50, dtype=torch.long), 5)
     seen = []
     for start in range(0, 50, 5):
-        (mask,) = step._masks_for(start, start + 5)
+        (mask,) = step._masks_for(start)
         assert mask is not None and mask.shape == (5, 16)
         seen.append(mask)
         assert len(step._mask_rows) <= 15  # whole batches only, 3 of 5 rows
