@@ -99,6 +99,28 @@ def test_retries_stop_at_max_retries(short_lease_api: Any, make_token: Any, team
     assert api.get("/api/v1/studies/flaky", headers=auth(token)).json()["state"] == "finished"
 
 
+def test_an_orphaned_trial_is_failed_and_retried_by_the_background_reaper(
+    short_lease_api: Any, make_token: Any, team: str, db_url: str
+) -> None:
+    """A claim that died after Optuna committed its new trial and before its own lease did (API
+    killed, database gone) leaves a RUNNING trial that no worker has and no lease points to.
+    When nothing else in the study is open, no claim reaps the study: the background pass must."""
+    api, token = short_lease_api, make_token(team)
+    definition = digits_definition("orphan", budget={"n_trials": 1, "max_concurrent": 1, "max_retries": 1})
+    assert api.post("/api/v1/studies", json=definition, headers=auth(token)).status_code == 201
+    study = optuna.load_study(study_name=f"{team}/orphan", storage=db_url)
+    orphan = study.ask()  # what the dead claim left: RUNNING in Optuna, no lease
+    # The budget counts it: nothing to claim, and nothing open that a claim would reap.
+    assert claim(api, token).status_code == 204
+
+    time.sleep(2.5)  # older than the grace period
+    assert reap(api) >= 1  # (the pass may also reap other tests' abandoned trials)
+    states = {t["number"]: (t["state"], t["attempt"], t["retry_of"]) for t in trials(api, token, "orphan")}
+    assert states == {orphan.number: ("FAIL", 1, None), orphan.number + 1: ("WAITING", 2, orphan.number)}
+    b = claim(api, token).json()
+    assert (b["number"], b["attempt"], b["retry_of"]) == (orphan.number + 1, 2, orphan.number)
+
+
 def test_an_interrupted_trial_is_retried_too(short_lease_api: Any, make_token: Any, team: str) -> None:
     api, token = short_lease_api, make_token(team)
     api.post("/api/v1/studies", json=digits_definition("sigterm", budget={"n_trials": 1, "max_retries": 1}), headers=auth(token))

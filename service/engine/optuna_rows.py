@@ -25,7 +25,10 @@ from optuna.trial import TrialState
 from sqlalchemy import exists, func, literal, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from service.db.models import Lease, StudyRecord
+
 TRIALS = rdb_models.TrialModel.__table__
+_STUDIES = rdb_models.StudyModel.__table__
 VALUES = rdb_models.TrialIntermediateValueModel.__table__
 _HEARTBEATS = rdb_models.TrialHeartbeatModel.__table__
 _USER_ATTRS = rdb_models.TrialUserAttributeModel.__table__
@@ -75,6 +78,22 @@ def insert_value_and_read(conn: Any, trial_id: int, step: int, value: float) -> 
         .cte("inserted")
     )
     return _read(conn, trial_id, insert)
+
+
+def studies_with_unleased_running_trials(conn: Any) -> list[int]:
+    """Our ids (hpo_studies.id) of the studies with a RUNNING trial that never had a lease: a
+    claim that died between Optuna's commit of the new trial and its own (see
+    reaper._fail_orphans). One read over Optuna's trials (RUNNING ones only) and our leases."""
+    trials, studies = TRIALS.c, _STUDIES.c
+    leased = exists().where(Lease.trial_id == trials.trial_id)
+    query = (
+        select(StudyRecord.id)
+        .join(_STUDIES, studies.study_name == StudyRecord.optuna_name)
+        .join(TRIALS, trials.study_id == studies.study_id)
+        .where(trials.state == TrialState.RUNNING, ~leased)
+        .distinct()
+    )
+    return list(conn.execute(query).scalars())
 
 
 def _read(conn: Any, trial_id: int, cte: Any = None) -> tuple[TrialState | None, dict[int, float]]:

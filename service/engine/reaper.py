@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import studies as study_rows
 from service.db.models import StudyRecord
-from service.engine import checkpoints, coordination
+from service.engine import checkpoints, coordination, optuna_rows
 from service.engine.factories import load_study
 from service.engine.storage import database_down, optuna_errors, retry_callback
 from service.engine.studies import spec_of
@@ -125,14 +125,20 @@ def retry_lost_trial(storage: BaseStorage, record: StudyRecord, trial_id: int) -
 
 
 def tick(sessions: sessionmaker[Session], storage: BaseStorage, settings: Settings) -> int:
-    """One pass over every study with running trials, if no other process is doing one."""
+    """One pass over every study with running trials (leased or orphaned), if no other process
+    is doing one."""
     reaped = 0
     with sessions() as lock_session:
         if not lock_session.execute(select(func.pg_try_advisory_lock(REAPER_LOCK_KEY))).scalar_one():
             return 0
         try:
             with sessions.begin() as session:
-                study_ids = list(study_rows.studies_with_open_leases(session))
+                # Studies with a lease to check, and those with an orphan (a RUNNING trial that
+                # never got a lease): no claim reaps an orphan whose study has nothing else open.
+                study_ids = sorted(
+                    set(study_rows.studies_with_open_leases(session))
+                    | set(optuna_rows.studies_with_unleased_running_trials(session.connection()))
+                )
             for study_id in study_ids:
                 # One transaction per study: never two studies' row locks at once (as in claims).
                 with sessions.begin() as session:
