@@ -208,6 +208,10 @@ class _FusedAdam:
         self.params = params
         self.grads = grads  # the parameters' .grad, which stay the same tensors
         self.kernel = torch._fused_adamw_ if self.group.get("decoupled_weight_decay") else torch._fused_adam_
+        # A run's first step goes through optimizer.step(): it creates the state if there is
+        # none, and marks the optimizer as stepped for the LR scheduler's order check.
+        self._first = True
+        # The optimizer's exp_avg, exp_avg_sq and step tensors, read once after that first step.
         self._state: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] | None = None
         # A list of tensors: the fastest of _foreach_add_'s overloads here (4 µs; 10 with a scalar).
         self._ones = [torch.ones((), device=params[0].device)] * len(params)
@@ -232,12 +236,10 @@ class _FusedAdam:
         group = self.group
         if isinstance(group["lr"], torch.Tensor) or _has_hooks(self.optimizer):
             return False
-        if self._state is None:
-            # The first step of a run (fresh or resumed) goes through optimizer.step(): it creates
-            # the state if there is none, and marks the optimizer as stepped for the LR scheduler.
-            self._state = ([], [], [])
+        if self._first:
+            self._first = False
             return False
-        if not self._state[0]:
+        if self._state is None:
             states = [self.optimizer.state[p] for p in self.params]
             self._state = (
                 [s["exp_avg"] for s in states],
