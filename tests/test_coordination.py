@@ -4,11 +4,13 @@ and the incremental trial view counts what a full read counts."""
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import uuid
 import warnings
 
+import numpy as np
 import optuna
 import pytest
 from optuna.study import StudyDirection
@@ -221,8 +223,31 @@ def test_percentile_decisions_match_optuna_on_awkward_curves(seed: int) -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # nanpercentile of all-NaN, as in Optuna
                 expected = pruner.prune(study, frozen)
-                got = coordination._percentile_prune(pruner, direction, reported, step, view.at_step(step))
+                got = coordination.percentile_prune(pruner, direction, coordination.CurveSummary.of(reported), view.at_step(step))
             assert got == expected, (pruner.__dict__, direction, reported, [t.intermediate_values for t in study.trials])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_curve_summary_grown_one_step_at_a_time_is_the_summary_of_the_whole_curve(seed: int) -> None:
+    """The batch path adds each report's step to the summary it read (CurveSummary.with_value);
+    steps arrive in any order, and NaN and infinite values count as np.nanmin/np.nanmax count them."""
+    rng = random.Random(seed)
+    for _ in range(50):
+        steps = rng.sample(range(0, 12), rng.randrange(1, 9))
+        values = [rng.choice([math.nan, math.inf, -math.inf]) if rng.random() < 0.2 else rng.uniform(-1, 3) for _ in steps]
+        summary = coordination.CurveSummary.of({})
+        seen: dict[int, float] = {}
+        for step, value in zip(steps, values):
+            summary = summary.with_value(step, value)
+            seen[step] = value
+            whole = coordination.CurveSummary.of(seen)
+            assert (summary.last_step, summary.previous_step) == (whole.last_step, whole.previous_step) == (
+                max(seen), max((s for s in seen if s != max(seen)), default=-1))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN
+                expected = (float(np.nanmin(list(seen.values()))), float(np.nanmax(list(seen.values()))))
+            for got in ((summary.best_min, summary.best_max), (whole.best_min, whole.best_max)):
+                assert all(g == e or (math.isnan(g) and math.isnan(e)) for g, e in zip(got, expected)), (seen, got)
 
 
 def test_concurrent_refreshes_end_up_where_one_full_read_does(storage: optuna.storages.BaseStorage) -> None:

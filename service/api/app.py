@@ -13,6 +13,8 @@ from service.api.dashboard import PREFIX as DASHBOARD_PREFIX
 from service.api.dashboard import Dashboard
 from service.api.deps import Runtime
 from service.api.limits import BodyLimit
+from service.api.report_batcher import ReportBatcher
+from service.api.report_fast_path import ReportFastPath
 from service.db.session import make_engine, make_sessionmaker
 from service.engine.checkpoints import artifact_store
 from service.engine.reaper import Reaper
@@ -34,10 +36,12 @@ def build_runtime(settings: Settings) -> Runtime:
 
 
 def _document_definition_schema(app: FastAPI) -> None:
-    """The create route reads its body itself (JSON or YAML), so FastAPI cannot see the
-    StudySpec schema; add it to the OpenAPI components where the route's $ref points."""
+    """The create and report routes read their bodies themselves (create: JSON or YAML; report:
+    after its token), so FastAPI cannot see the StudySpec and ReportRequest schemas; add them to
+    the OpenAPI components where the routes' $refs point."""
     from fastapi.openapi.utils import get_openapi
 
+    from service.api.schemas import ReportRequest
     from service.spec import StudySpec
 
     def openapi() -> dict:
@@ -47,6 +51,7 @@ def _document_definition_schema(app: FastAPI) -> None:
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(definition.pop("$defs", {}))
             components["StudySpec"] = definition
+            components["ReportRequest"] = ReportRequest.model_json_schema(ref_template="#/components/schemas/{model}")
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -59,12 +64,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = app.state.runtime = build_runtime(settings)
+        reports = app.state.reports = ReportBatcher(runtime)
         reaper = Reaper(runtime.sessions, runtime.storage, settings)
         reaper.start()
         try:
             yield
         finally:
             reaper.stop()
+            reports.close()
             runtime.engine.dispose()
 
     app = FastAPI(
@@ -82,6 +89,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tokens.router)
     # optuna-dashboard, behind a login with a team token (service/api/dashboard.py).
     app.mount(DASHBOARD_PREFIX, Dashboard(), name="dashboard")
+    # Inside BodyLimit, which holds for reports too.
+    app.add_middleware(ReportFastPath)
     app.add_middleware(
         BodyLimit, max_body_bytes=settings.max_body_bytes, max_checkpoint_bytes=settings.max_checkpoint_bytes
     )

@@ -78,13 +78,17 @@ def _either(roles: tuple[str, ...]) -> str:
     return roles[0] if len(roles) == 1 else f"{', '.join(roles[:-1])} or {roles[-1]}"
 
 
+def authorize(roles: tuple[str, ...], what: str, caller: Principal) -> None:
+    """Forbidden unless the caller's token has one of `roles`; `what` names the call."""
+    if caller.role not in roles:
+        raise Forbidden(f"{what} needs role {_either(roles)}; this token is {caller.role}")
+
+
 def _role_check(roles: tuple[str, ...]) -> Callable[..., Any]:
     """A dependency: the caller, if their token has one of `roles`; 403 otherwise."""
-    allowed = frozenset(roles)
 
     async def check(request: Request, caller: Annotated[Principal, Depends(get_caller)]) -> Principal:
-        if caller.role not in allowed:
-            raise Forbidden(f"{_what(request)} needs role {_either(roles)}; this token is {caller.role}")
+        authorize(roles, _what(request), caller)
         return caller
 
     check.roles = roles  # type: ignore[attr-defined]  # read by the route-security test
@@ -129,6 +133,41 @@ def require_call(*roles: str) -> Any:
     return Annotated[Call, Depends(open_call)]
 
 
+@dataclass
+class Bearer:
+    """A bearer token the route checks together with its work (a report: in its batch's
+    transaction, service/api/report_batcher.py), and its roles: `check` checks it alone, for
+    an answer that must not come before the token's (a 422 comes after 401 and 403)."""
+
+    runtime: Runtime
+    token: str
+    roles: tuple[str, ...]
+    what: str
+
+    def authorize(self, caller: Principal) -> None:
+        authorize(self.roles, self.what, caller)
+
+    async def check(self) -> Principal:
+        def job() -> Principal:
+            with self.runtime.engine.connect() as conn, Session(bind=conn.execution_options(isolation_level="AUTOCOMMIT")) as session:
+                return authenticate(session, self.token)
+
+        caller = await run_in_threadpool(job)
+        self.authorize(caller)
+        return caller
+
+
+def require_bearer(*roles: str) -> Any:
+    """Like `require`, but the token is only read from the request here (401 if there is none);
+    the route checks it (see Bearer)."""
+
+    async def bearer(request: Request, runtime: RuntimeDep, credentials: Credentials) -> Bearer:
+        return Bearer(runtime, _bearer_token(credentials), roles, _what(request))
+
+    bearer.roles = roles  # type: ignore[attr-defined]  # read by the route-security test
+    return Annotated[Bearer, Depends(bearer)]
+
+
 def _what(request: Request) -> str:
     route = request.scope.get("route")
     return f"{request.method} {getattr(route, 'path', request.url.path)}"
@@ -139,8 +178,11 @@ Reader = require("viewer", "member", "admin")
 # Creating, stopping and deleting studies.
 Manager = require("member", "admin")
 # The worker protocol: claim, report, heartbeat, finish, checkpoints.
-WorkerRole = require("worker", "admin")
+WORKER_ROLES = ("worker", "admin")
+WorkerRole = require(*WORKER_ROLES)
 # The same, for the calls made many times per trial: the route's work runs through `Call.run`.
-WorkerCall = require_call("worker", "admin")
+WorkerCall = require_call(*WORKER_ROLES)
+# The same, for reports: the token is checked in the report's batch.
+WorkerBearer = require_bearer(*WORKER_ROLES)
 # The team's tokens and audit trail.
 Admin = require("admin")

@@ -51,24 +51,33 @@ def _body(code: str, detail: str) -> dict[str, str]:
     return {"error": code, "detail": detail}
 
 
-def install(app: FastAPI) -> None:
-    @app.exception_handler(ServiceError)
-    async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        return JSONResponse(_body(exc.code, exc.detail), status_code=exc.status_code, headers=exc.headers())
+_DATABASE_ERRORS = (*CONNECTION_ERRORS, sqlalchemy.exc.DBAPIError, optuna.exceptions.StorageInternalError)
 
-    async def _database_down(request: Request, exc: Exception) -> JSONResponse:
+
+def error_response(exc: BaseException, method: str, path: str) -> JSONResponse:
+    """The answer to an exception out of a route (the handlers below; and the report fast path,
+    service/api/report_fast_path.py, which runs outside FastAPI's)."""
+    if isinstance(exc, ServiceError):
+        return JSONResponse(_body(exc.code, exc.detail), status_code=exc.status_code, headers=exc.headers())
+    if isinstance(exc, _DATABASE_ERRORS):
         # The database went away (restart, failover, network): a 503 the client may retry, never a 500.
         if transaction_conflict(exc):
             # A deadlock victim: retryable, but the database is fine (no outage to note).
-            return await _service_error(request, ServiceUnavailable("a concurrent request conflicted; retry"))
-        if not database_down(exc):
-            return await _unexpected(request, exc)
-        log.warning("database unavailable during %s %s: %s", request.method, request.url.path, type(exc).__name__)
-        outages.note()
-        return await _service_error(request, ServiceUnavailable("the database is unavailable; retry shortly"))
+            return error_response(ServiceUnavailable("a concurrent request conflicted; retry"), method, path)
+        if database_down(exc):
+            log.warning("database unavailable during %s %s: %s", method, path, type(exc).__name__)
+            outages.note()
+            return error_response(ServiceUnavailable("the database is unavailable; retry shortly"), method, path)
+    log.error("unexpected error in %s %s", method, path, exc_info=exc)
+    return JSONResponse(_body("internal_error", type(exc).__name__), status_code=500)
 
-    for kind in (*CONNECTION_ERRORS, sqlalchemy.exc.DBAPIError, optuna.exceptions.StorageInternalError):
-        app.add_exception_handler(kind, _database_down)
+
+def install(app: FastAPI) -> None:
+    async def _error(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(exc, request.method, request.url.path)
+
+    for kind in (ServiceError, *_DATABASE_ERRORS, Exception):
+        app.add_exception_handler(kind, _error)
 
     @app.exception_handler(RequestValidationError)
     async def _request_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -89,8 +98,3 @@ def install(app: FastAPI) -> None:
         log.info("client disconnected during %s %s", request.method, request.url.path)
         return JSONResponse(_body("bad_request", "the client disconnected before its request body was complete"), status_code=400)
 
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unexpected error in %s %s", request.method, request.url.path, exc_info=exc)
-        return JSONResponse(_body("internal_error", type(exc).__name__), status_code=500)
-
-    app.add_exception_handler(Exception, _unexpected)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from service.api.deps import RuntimeDep, WorkerCall, WorkerRole
+from service.api.deps import Bearer, RuntimeDep, WorkerBearer, WorkerCall, WorkerRole
+from service.api.report_batcher import ReportBatcher
 from service.api.schemas import (
     ClaimRequest,
     FinishRequest,
@@ -20,6 +23,8 @@ from service.api.schemas import (
 )
 from service.db.teams import Principal
 from service.engine import trials
+from service.engine.report_batch import PendingReport
+from service.errors import InvalidRequest
 from service.spec import Assignment
 
 router = APIRouter(prefix="/api/v1/trials", tags=["worker protocol"])
@@ -49,14 +54,34 @@ async def claim(body: ClaimRequest, runtime: RuntimeDep, call: WorkerCall) -> An
     return Response(status_code=204) if assignment is None else assignment
 
 
-@router.post("/{trial_id}/report", response_model=ReportResponse, responses=_LEASE_LOST)
-async def report(trial_id: int, body: ReportRequest, runtime: RuntimeDep, call: WorkerCall) -> dict[str, bool]:
-    def work(caller: Principal, session: Session) -> bool:
-        return trials.report(
-            session, runtime.storage, caller.team, trial_id, body.lease_id, body.step, body.value, runtime.settings
-        )
+_REPORT_BODY = {
+    "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ReportRequest"}}}}
+}
 
-    return {"prune": await call.run(work)}
+
+@router.post("/{trial_id}/report", response_model=ReportResponse, responses=_LEASE_LOST, openapi_extra=_REPORT_BODY)
+async def report(trial_id: int, request: Request, bearer: WorkerBearer) -> dict[str, bool]:
+    """Record the step's value; `prune` says whether the trial should stop.
+
+    Reports are committed in batches (service/api/report_batcher.py): the token is checked, and
+    the value written, in the transaction of the batch the report joins."""
+    body = await _report_body(request, bearer)
+    reports: ReportBatcher = request.app.state.reports
+    pending = PendingReport(bearer.token, trial_id, body.lease_id, body.step, body.value, authorize=bearer.authorize)
+    return {"prune": await reports.submit(pending)}
+
+
+async def _report_body(request: Request, bearer: Bearer) -> ReportRequest:
+    """The body, read here rather than by FastAPI so that the token is checked with the report's
+    batch; a bad body gets its 422 only after the token has been checked alone (401, 403)."""
+    raw = await request.body()
+    try:
+        return ReportRequest.model_validate(json.loads(raw or b"null"))
+    except ValueError as exc:  # pydantic's ValidationError is one
+        await bearer.check()
+        if isinstance(exc, ValidationError):
+            raise
+        raise InvalidRequest(f"body: not valid JSON: {exc}") from exc
 
 
 @router.post("/{trial_id}/heartbeat", response_model=HeartbeatResponse, responses=_LEASE_LOST)

@@ -27,12 +27,13 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna.pruners._percentile import _get_best_intermediate_result_over_steps, _is_first_in_interval_step
+from optuna.pruners._percentile import _is_first_in_interval_step
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages._rdb import models as rdb_models
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
-from sqlalchemy import or_, select
+from sqlalchemy import Integer, any_, bindparam, or_, select
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from service.engine import optuna_rows
 
@@ -111,14 +112,15 @@ class StudyTrials:
             started, seen, unfinished = self._started, self.max_trial_id, list(self.unfinished)
         fresh = trials.trial_id > seen
         if unfinished:
-            fresh = or_(fresh, trials.trial_id.in_(unfinished))
+            # = ANY(array): one cached statement whatever the number of ids (IN renders each).
+            fresh = or_(fresh, trials.trial_id == any_(_ids(unfinished)))
         rows = conn.execute(select(trials.trial_id, trials.state).where(trials.study_id == self.study_id, fresh)).all()
         with self.lock:
             new = [trial_id for trial_id, _ in rows if not self._known(trial_id)]
             ending = [t for t, s in rows if s == TrialState.COMPLETE and (t in new or t in self.unfinished)]
         retries: set[int] = set()
         if new:
-            retried = select(system_attrs.trial_id).where(system_attrs.trial_id.in_(new), system_attrs.key == "retry_history")
+            retried = select(system_attrs.trial_id).where(system_attrs.trial_id == any_(_ids(new)), system_attrs.key == "retry_history")
             retries = set(conn.scalars(retried))
         curves = _curves(conn, ending)
         with self.lock:
@@ -165,6 +167,10 @@ class StudyTrials:
             return sum(1 for s in self.unfinished.values() if s == TrialState.WAITING)
 
 
+def _ids(trial_ids: list[int]) -> Any:
+    return bindparam("trial_ids", trial_ids, type_=ARRAY(Integer))
+
+
 def _backend(storage: BaseStorage) -> BaseStorage:
     # make_storage wraps the RDBStorage in Optuna's _CachedStorage.
     return getattr(storage, "_backend", storage)
@@ -174,7 +180,7 @@ def _curves(conn: Any, trial_ids: list[int]) -> dict[int, dict[int, float]]:
     curves: dict[int, dict[int, float]] = {trial_id: {} for trial_id in trial_ids}
     if trial_ids:
         v = _VALUES.c
-        query = select(v.trial_id, v.step, v.intermediate_value, v.intermediate_value_type).where(v.trial_id.in_(trial_ids))
+        query = select(v.trial_id, v.step, v.intermediate_value, v.intermediate_value_type).where(v.trial_id == any_(_ids(trial_ids)))
         for trial_id, step, stored, kind in conn.execute(query):
             curves[trial_id][step] = rdb_models.TrialIntermediateValueModel.stored_repr_to_intermediate_value(stored, kind)
     return curves
@@ -279,11 +285,48 @@ def optuna_study_id(storage: BaseStorage, record_id: int, optuna_name: str) -> i
     return _registry.study_id(storage, record_id, optuna_name)
 
 
-class _Reported:
-    """The part of a FrozenTrial Optuna's percentile helpers read of the trial being judged."""
+@dataclass(frozen=True)
+class CurveSummary:
+    """What a percentile pruner reads of the judged trial's own curve: its last step, the highest
+    step before it (Optuna's interval check) and its best values (np.nanmin / np.nanmax over
+    every value: NaN only when all are NaN). A report's batch path (report_batch.py) gets these
+    from the database without reading the curve (optuna_rows.insert_values_and_summarize)."""
 
-    def __init__(self, intermediate_values: dict[int, float]) -> None:
-        self.intermediate_values = intermediate_values
+    last_step: int | None
+    previous_step: int = -1
+    best_min: float = math.nan
+    best_max: float = math.nan
+
+    @classmethod
+    def of(cls, values: dict[int, float]) -> CurveSummary:
+        if not values:
+            return cls(None)
+        steps = sorted(values, reverse=True)
+        kept = [v for v in values.values() if not math.isnan(v)]
+        return cls(steps[0], steps[1] if len(steps) > 1 else -1, min(kept, default=math.nan), max(kept, default=math.nan))
+
+    def with_value(self, step: int, value: float) -> CurveSummary:
+        """The summary once `step`, which the curve does not have, is added with `value`."""
+        if self.last_step is None:
+            return CurveSummary.of({step: value})
+        if step > self.last_step:
+            last, previous = step, self.last_step
+        else:
+            last, previous = self.last_step, max(self.previous_step, step)
+        if math.isnan(value):
+            return CurveSummary(last, previous, self.best_min, self.best_max)
+        return CurveSummary(last, previous, _nan_min(self.best_min, value), _nan_max(self.best_max, value))
+
+    def best(self, direction: StudyDirection) -> float:
+        return self.best_max if direction == StudyDirection.MAXIMIZE else self.best_min
+
+
+def _nan_min(a: float, b: float) -> float:
+    return b if math.isnan(a) else min(a, b)
+
+
+def _nan_max(a: float, b: float) -> float:
+    return b if math.isnan(a) else max(a, b)
 
 
 def should_prune(
@@ -304,34 +347,33 @@ def should_prune(
         # Pruners that read more than completed trials get a real study and trial (the slow path).
         study = optuna.load_study(study_name=storage.get_study_name_from_id(study_id), storage=storage, pruner=pruner)
         return pruner.prune(study, storage.get_trial(trial_id))
-    step = max(intermediate_values) if intermediate_values else None
+    summary = CurveSummary.of(intermediate_values)
     if at_step is None:
         trials = study_trials(storage, study_id)
         with trials.lock:
-            at_step = trials.at_step(step)
-    return _percentile_prune(pruner, direction, intermediate_values, step, at_step)
+            at_step = trials.at_step(summary.last_step)
+    return percentile_prune(pruner, direction, summary, at_step)
 
 
-def _percentile_prune(
-    pruner: optuna.pruners.PercentilePruner,
-    direction: StudyDirection,
-    intermediate_values: dict[int, float],
-    step: int | None,
-    at_step: AtStep,
+def percentile_prune(
+    pruner: optuna.pruners.PercentilePruner, direction: StudyDirection, curve: CurveSummary, at_step: AtStep
 ) -> bool:
-    """optuna.pruners.PercentilePruner.prune (Optuna 5.0, pinned), with the values at `step` of
-    the completed trials taken from `at_step` instead of collected from every completed trial."""
+    """optuna.pruners.PercentilePruner.prune (Optuna 5.0, pinned), with the values at the trial's
+    last step of the completed trials taken from `at_step` instead of collected from every
+    completed trial, and the judged trial's curve as its summary (what prune reads of it)."""
     n_trials = at_step.n_completed
     if n_trials == 0 or n_trials < pruner._n_startup_trials:
         return False
+    step = curve.last_step
     if step is None:
         return False
     n_warmup_steps = pruner._n_warmup_steps
     if step < n_warmup_steps:
         return False
-    if not _is_first_in_interval_step(step, intermediate_values.keys(), n_warmup_steps, pruner._interval_steps):
+    # Optuna's helper looks for the highest step other than `step` among those given.
+    if not _is_first_in_interval_step(step, (curve.previous_step,), n_warmup_steps, pruner._interval_steps):  # type: ignore[arg-type]
         return False
-    best = _get_best_intermediate_result_over_steps(_Reported(intermediate_values), direction)  # type: ignore[arg-type]
+    best = curve.best(direction)
     if math.isnan(best):
         return True
     # _get_percentile_intermediate_result_over_trials, on the ready array.

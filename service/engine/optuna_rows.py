@@ -17,12 +17,14 @@ a transaction must not call it after writing here, or it waits on itself."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from typing import Any
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 from optuna.storages._rdb import models as rdb_models
 from optuna.trial import TrialState
-from sqlalchemy import exists, func, literal, select
+from sqlalchemy import Double, Integer, bindparam, exists, func, literal, select, true
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from service.db.models import Lease, StudyRecord
@@ -40,6 +42,16 @@ def record_heartbeat(conn: Any, trial_id: int) -> None:
     database's now() (Optuna's stale-trial check compares it with its own now())."""
     h = _HEARTBEATS.c
     statement = pg_insert(_HEARTBEATS).values(trial_id=trial_id, heartbeat=func.now())
+    conn.execute(statement.on_conflict_do_update(index_elements=[h.trial_id], set_={"heartbeat": statement.excluded.heartbeat}))
+
+
+def record_heartbeats(conn: Any, trial_ids: Iterable[int]) -> None:
+    """record_heartbeat for several trials, in one statement."""
+    ids = sorted(set(trial_ids))
+    if not ids:
+        return
+    h = _HEARTBEATS.c
+    statement = pg_insert(_HEARTBEATS).values([{"trial_id": trial_id, "heartbeat": func.now()} for trial_id in ids])
     conn.execute(statement.on_conflict_do_update(index_elements=[h.trial_id], set_={"heartbeat": statement.excluded.heartbeat}))
 
 
@@ -78,6 +90,80 @@ def insert_value_and_read(conn: Any, trial_id: int, step: int, value: float) -> 
         .cte("inserted")
     )
     return _read(conn, trial_id, insert)
+
+
+class StoredCurve(NamedTuple):
+    """A trial's state and what a pruner reads of its curve, as they were before a batch's
+    insert: whether the reported step had a value already, the two highest steps, and the
+    best values (as np.nanmin / np.nanmax over the stored values: NaN when there are none)."""
+
+    state: TrialState | None
+    had_step: bool
+    last_step: int | None
+    previous_step: int
+    best_min: float
+    best_max: float
+
+
+_FINITE = _VALUE_MODEL.TrialIntermediateValueType.FINITE
+_INF_POS = _VALUE_MODEL.TrialIntermediateValueType.INF_POS
+_INF_NEG = _VALUE_MODEL.TrialIntermediateValueType.INF_NEG
+
+
+def _insert_and_summarize_statement() -> Any:
+    trials, v = TRIALS.c, VALUES.c
+    batch = func.unnest(
+        bindparam("trial_ids", type_=ARRAY(Integer)), bindparam("steps", type_=ARRAY(Integer)), bindparam("values", type_=ARRAY(Double))
+    ).table_valued("trial_id", "step", "value", name="batch").render_derived()
+    b = batch.c
+    running = exists().where(trials.trial_id == b.trial_id, trials.state == TrialState.RUNNING)
+    rows = select(b.trial_id, b.step, b.value, literal(_FINITE, type_=v.intermediate_value_type.type)).where(running)
+    insert = (
+        pg_insert(VALUES)
+        .from_select([v.trial_id, v.step, v.intermediate_value, v.intermediate_value_type], rows)
+        .on_conflict_do_nothing(index_elements=[v.trial_id, v.step])
+        .cte("inserted")
+    )
+    # The curve as it was (a statement does not see its own CTE's insert), aggregated in the
+    # database: a report's cost does not grow with the trial's number of steps.
+    whole = (
+        select(
+            func.bool_or(v.step == b.step).label("had_step"),
+            func.max(v.step).label("last_step"),
+            func.min(v.intermediate_value).filter(v.intermediate_value_type == _FINITE).label("finite_min"),
+            func.max(v.intermediate_value).filter(v.intermediate_value_type == _FINITE).label("finite_max"),
+            func.bool_or(v.intermediate_value_type == _INF_POS).label("inf_pos"),
+            func.bool_or(v.intermediate_value_type == _INF_NEG).label("inf_neg"),
+        )
+        .where(v.trial_id == b.trial_id)
+        .lateral("whole")
+    )
+    w = whole.c
+    previous = select(func.max(v.step)).where(v.trial_id == b.trial_id, v.step < w.last_step).scalar_subquery()
+    return (
+        select(b.trial_id, trials.state, w.had_step, w.last_step, previous, w.finite_min, w.finite_max, w.inf_pos, w.inf_neg)
+        .select_from(batch.outerjoin(TRIALS, trials.trial_id == b.trial_id).join(whole, true()))
+        .add_cte(insert)
+    )
+
+
+_INSERT_AND_SUMMARIZE = _insert_and_summarize_statement()
+
+
+def insert_values_and_summarize(conn: Any, reports: Sequence[tuple[int, int, float]]) -> dict[int, StoredCurve]:
+    """insert_value_and_read for many trials (one (trial_id, step, finite value) each) in one
+    statement, reading back a summary of each curve instead of the curve itself. A trial id
+    with no trial gets state None."""
+    if not reports:
+        return {}
+    found: dict[int, StoredCurve] = {}
+    params = {"trial_ids": [r[0] for r in reports], "steps": [r[1] for r in reports], "values": [float(r[2]) for r in reports]}
+    for trial_id, state, had_step, last_step, previous, finite_min, finite_max, inf_pos, inf_neg in conn.execute(_INSERT_AND_SUMMARIZE, params):
+        # np.nanmin / np.nanmax over the stored values, NaN rows left out.
+        best_min = -math.inf if inf_neg else finite_min if finite_min is not None else math.inf if inf_pos else math.nan
+        best_max = math.inf if inf_pos else finite_max if finite_max is not None else -math.inf if inf_neg else math.nan
+        found[trial_id] = StoredCurve(state, bool(had_step), last_step, -1 if previous is None else previous, best_min, best_max)
+    return found
 
 
 def studies_with_unleased_running_trials(conn: Any) -> list[int]:

@@ -148,7 +148,7 @@ def try_claim(
     )
 
 
-class _Held(NamedTuple):
+class Held(NamedTuple):
     """A trial's lease, locked for this transaction, its study, and the database's clock."""
 
     lease: Lease
@@ -156,8 +156,15 @@ class _Held(NamedTuple):
     now: datetime
 
 
-def _current_lease(session: Session, team: Team, trial_id: int, lease_id: str) -> _Held:
-    found = study_rows.lock_lease(session, trial_id)
+def _current_lease(session: Session, team: Team, trial_id: int, lease_id: str) -> Held:
+    return checked_lease(study_rows.lock_lease(session, trial_id), team, trial_id, lease_id)
+
+
+def checked_lease(
+    found: tuple[Lease, StudyRecord | None, datetime] | None, team: Team, trial_id: int, lease_id: str
+) -> Held:
+    """The lease as study_rows.lock_lease found it, if it is `lease_id` and the team's; else the
+    error the caller gets (Gone, NotFound, LeaseLost)."""
     lease, record, now = found if found is not None else (None, None, None)
     if lease is not None and lease.study_id is None and lease.team_id in (team.id, None):
         # None: a tombstone from before leases recorded their team.
@@ -166,26 +173,35 @@ def _current_lease(session: Session, team: Team, trial_id: int, lease_id: str) -
         raise NotFound(f"no trial with id {trial_id}")
     if lease.lease_id != lease_id:
         raise LeaseLost(f"lease {lease_id} is not the current lease of trial {trial_id}")
-    return _Held(lease, record, now)
+    return Held(lease, record, now)
 
 
-def _extend(session: Session, held: _Held, settings: Settings, *, unless_fresh: bool = False) -> None:
+def _extend(session: Session, held: Held, settings: Settings, *, unless_fresh: bool = False) -> None:
     """Optuna's heartbeat decides staleness (the reaper); expires_at shows the lease's horizon.
 
     unless_fresh (reports): a lease extended less than half a heartbeat interval ago is left as
     it is. Fast epochs report many times per heartbeat; the worker's heartbeat thread keeps the
     lease anyway."""
-    lease, now = held.lease, held.now
-    lease_length = timedelta(seconds=settings.lease_seconds)
-    if unless_fresh and lease.expires_at - now > lease_length - timedelta(seconds=settings.heartbeat_seconds / 2):
+    if unless_fresh and is_fresh(held, settings):
         return
     # Optuna's heartbeat row, written in this transaction (optuna_rows).
-    optuna_rows.record_heartbeat(session.connection(), lease.trial_id)
-    lease.expires_at = now + lease_length
+    optuna_rows.record_heartbeat(session.connection(), held.lease.trial_id)
+    held.lease.expires_at = held.now + timedelta(seconds=settings.lease_seconds)
 
 
-def _live_lease(session: Session, team: Team, trial_id: int, lease_id: str) -> _Held:
-    held = _current_lease(session, team, trial_id, lease_id)
+def is_fresh(held: Held, settings: Settings) -> bool:
+    """Whether the lease was extended less than half a heartbeat interval ago."""
+    lease_length = timedelta(seconds=settings.lease_seconds)
+    return held.lease.expires_at - held.now > lease_length - timedelta(seconds=settings.heartbeat_seconds / 2)
+
+
+def _live_lease(session: Session, team: Team, trial_id: int, lease_id: str) -> Held:
+    return live(_current_lease(session, team, trial_id, lease_id))
+
+
+def live(held: Held) -> Held:
+    """The lease, unless its trial has ended (LeaseLost)."""
+    trial_id = held.lease.trial_id
     if held.lease.ended_at is not None:
         raise LeaseLost(f"trial {trial_id} already ended ({held.lease.outcome}); its lease is no longer valid")
     return held
@@ -210,10 +226,11 @@ def report(
     """Record an intermediate value and answer whether the trial should stop.
 
     Reporting the same step twice keeps the first value (Optuna ignores the repeat)."""
-    return _report(session, storage, _live_lease(session, team, trial_id, lease_id), step, value, settings)
+    return report_on(session, storage, _live_lease(session, team, trial_id, lease_id), step, value, settings)
 
 
-def _report(session: Session, storage: BaseStorage, held: _Held, step: int, value: float, settings: Settings) -> bool:
+def report_on(session: Session, storage: BaseStorage, held: Held, step: int, value: float, settings: Settings) -> bool:
+    """report, on a lease this transaction has locked and checked already (live)."""
     _extend(session, held, settings, unless_fresh=True)
     record, trial_id = held.record, held.lease.trial_id
     spec = spec_of(record)
@@ -244,7 +261,7 @@ def checkpoint(
     """A report and the checkpoint taken at the same step, in one call: a retry that resumes
     from step N has the values of steps 1..N and reports from N+1, so none is lost or doubled."""
     held = _live_lease(session, team, trial_id, lease_id)
-    prune = _report(session, storage, held, step, value, settings)
+    prune = report_on(session, storage, held, step, value, settings)
     checkpoints.save(session, store, held.lease, step, data)
     return prune
 

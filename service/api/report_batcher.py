@@ -1,0 +1,111 @@
+"""Group commit for reports: the reports that arrive while one batch is in the database go into
+the next, and each is answered once its batch has committed.
+
+Up to IN_FLIGHT batches at a time per API process, each on a thread of the batcher's own
+(service/engine/report_batch.py does the work). Under load a report costs a share of a batch's
+few statements and its one commit instead of a transaction of its own, and the event loop hands
+reports to the database without a thread-pool hop per request. Alone, a report waits for
+nothing: an idle batcher starts a batch at once. With one batch at a time, the workers answered
+together by one batch report again together while the next, started by the first of them, is
+in the database, and batches alternate between a few reports and many; a second batch in
+flight takes the rest.
+
+A batch that fails as a whole (a deadlock, a dropped connection) is retried report by report,
+each in a transaction of its own, so each gets its own answer (and a 503 only if the database
+is really gone)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from service.api.deps import Runtime
+from service.db.teams import authenticate
+from service.engine import report_batch, trials
+from service.engine.report_batch import PendingReport
+
+log = logging.getLogger("hpo.api")
+
+# The most reports in one transaction; more wait for the next batch.
+MAX_BATCH = 256
+# Batches in the database at once. Their leases are distinct (a worker reports again only once
+# answered), and each locks its leases in trial id order.
+IN_FLIGHT = 2
+
+_Outcome = bool | BaseException
+
+
+class ReportBatcher:
+    def __init__(self, runtime: Runtime, max_batch: int = MAX_BATCH, in_flight: int = IN_FLIGHT) -> None:
+        self.runtime = runtime
+        self.max_batch = max_batch
+        self.in_flight = in_flight
+        self._executor = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="hpo-reports")
+        self._queue: list[tuple[PendingReport, asyncio.Future[bool]]] = []
+        self._drains: set[asyncio.Task[None]] = set()
+
+    async def submit(self, report: PendingReport) -> bool:
+        """The report's pruning decision once its batch has committed; raises its error."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        self._queue.append((report, future))
+        if len(self._drains) < self.in_flight:
+            self._drains.add(loop.create_task(self._run_batches()))
+        return await future
+
+    async def _run_batches(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._queue:
+                batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+                try:
+                    outcomes = await loop.run_in_executor(self._executor, self._run, [r for r, _ in batch])
+                except BaseException as exc:
+                    # Shutdown, or a bug: nobody is left waiting for an answer.
+                    for _, future in batch:
+                        if not future.done():
+                            future.cancel() if isinstance(exc, asyncio.CancelledError) else future.set_exception(exc)
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+                    continue
+                for (_, future), outcome in zip(batch, outcomes, strict=True):
+                    if future.done():
+                        continue  # its client went away
+                    if isinstance(outcome, BaseException):
+                        future.set_exception(outcome)
+                    else:
+                        future.set_result(outcome)
+        finally:
+            # Here, not in a done callback (which runs later): a report queued from now on must
+            # find a free slot and start a drain of its own.
+            self._drains.discard(asyncio.current_task())  # type: ignore[arg-type]
+
+    def _run(self, reports: list[PendingReport]) -> list[_Outcome]:
+        runtime = self.runtime
+        try:
+            with runtime.sessions() as session:
+                outcomes: list[_Outcome] = list(report_batch.report_many(session, runtime.storage, reports, runtime.settings))
+                session.commit()
+            return outcomes
+        except Exception as exc:
+            if len(reports) == 1:
+                return [exc]
+            log.info("a batch of %d reports failed (%s); each is retried on its own", len(reports), type(exc).__name__)
+            return [self._alone(r) for r in reports]
+
+    def _alone(self, r: PendingReport) -> _Outcome:
+        """The report in a transaction of its own, as the route did before batches."""
+        runtime = self.runtime
+        try:
+            with runtime.sessions() as session:
+                caller = authenticate(session, r.token)
+                r.authorize(caller)
+                prune = trials.report(session, runtime.storage, caller.team, r.trial_id, r.lease_id, r.step, r.value, runtime.settings)
+                session.commit()
+                return prune
+        except Exception as exc:
+            return exc
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
