@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from sqlalchemy import text
+from starlette.types import Receive, Scope, Send
 
 from service.api import errors, plots, presets, studies, tokens, trials
 from service.api.dashboard import PREFIX as DASHBOARD_PREFIX
@@ -58,7 +60,20 @@ def _document_definition_schema(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+class _Service(FastAPI):
+    """FastAPI, with well-formed reports answered before its middleware stack and routing
+    (service/api/report_fast_path.py); `report_fast_path=False` sends them to the route too."""
+
+    def __init__(self, *, max_body_bytes: int, report_fast_path: bool, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        stack = super().__call__
+        self._entry = ReportFastPath(stack, lambda: self.state.reports, max_body_bytes) if report_fast_path else stack
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._entry(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None, *, report_fast_path: bool = True) -> FastAPI:
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -74,7 +89,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             reports.close()
             runtime.engine.dispose()
 
-    app = FastAPI(
+    app = _Service(
+        max_body_bytes=settings.max_body_bytes,
+        report_fast_path=report_fast_path,
         title="hpo",
         version="0.1.0",
         summary="Hyperparameter optimization for PyTorch: studies in, trials out, Optuna on PostgreSQL underneath.",
@@ -89,8 +106,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tokens.router)
     # optuna-dashboard, behind a login with a team token (service/api/dashboard.py).
     app.mount(DASHBOARD_PREFIX, Dashboard(), name="dashboard")
-    # Inside BodyLimit, which holds for reports too.
-    app.add_middleware(ReportFastPath)
     app.add_middleware(
         BodyLimit, max_body_bytes=settings.max_body_bytes, max_checkpoint_bytes=settings.max_checkpoint_bytes
     )

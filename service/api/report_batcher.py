@@ -5,10 +5,11 @@ Up to IN_FLIGHT batches at a time per API process, each on a thread of the batch
 (service/engine/report_batch.py does the work). Under load a report costs a share of a batch's
 few statements and its one commit instead of a transaction of its own, and the event loop hands
 reports to the database without a thread-pool hop per request. Alone, a report waits for
-nothing: an idle batcher starts a batch at once. With one batch at a time, the workers answered
-together by one batch report again together while the next, started by the first of them, is
-in the database, and batches alternate between a few reports and many; a second batch in
-flight takes the rest.
+nothing: an idle batcher starts a batch at once. Under load it waits a little for more: the
+workers a batch answers together report again together, and a batch started by the first of
+them would leave the rest to the next one, so batches would alternate between a few reports
+and many. A batch waits (up to GATHER_SECONDS) until as many reports are queued as the last
+batch had; after a batch of one report, as with a single worker, it waits for nothing.
 
 A batch that fails as a whole (a deadlock, a dropped connection) is retried report by report,
 each in a transaction of its own, so each gets its own answer (and a 503 only if the database
@@ -32,6 +33,10 @@ MAX_BATCH = 256
 # Batches in the database at once. Their leases are distinct (a worker reports again only once
 # answered), and each locks its leases in trial id order.
 IN_FLIGHT = 2
+# The longest a batch waits for the reports it expects (see above): a little of each report's
+# latency under load, against a batch of fewer reports (each batch costs the API process and the
+# database about the same whatever its size).
+GATHER_SECONDS = 0.002
 
 _Outcome = bool | BaseException
 
@@ -44,6 +49,7 @@ class ReportBatcher:
         self._executor = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="hpo-reports")
         self._queue: list[tuple[PendingReport, asyncio.Future[bool]]] = []
         self._drains: set[asyncio.Task[None]] = set()
+        self._last_batch = 1
 
     async def submit(self, report: PendingReport) -> bool:
         """The report's pruning decision once its batch has committed; raises its error."""
@@ -58,7 +64,9 @@ class ReportBatcher:
         loop = asyncio.get_running_loop()
         try:
             while self._queue:
+                await self._gather(loop)
                 batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+                self._last_batch = len(batch)
                 try:
                     outcomes = await loop.run_in_executor(self._executor, self._run, [r for r, _ in batch])
                 except BaseException as exc:
@@ -80,6 +88,13 @@ class ReportBatcher:
             # Here, not in a done callback (which runs later): a report queued from now on must
             # find a free slot and start a drain of its own.
             self._drains.discard(asyncio.current_task())  # type: ignore[arg-type]
+
+    async def _gather(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait, up to GATHER_SECONDS, until as many reports are queued as the last batch had."""
+        want = min(self._last_batch, self.max_batch)
+        deadline = loop.time() + GATHER_SECONDS
+        while len(self._queue) < want and loop.time() < deadline:
+            await asyncio.sleep(GATHER_SECONDS / 4)
 
     def _run(self, reports: list[PendingReport]) -> list[_Outcome]:
         runtime = self.runtime

@@ -4,7 +4,8 @@ that are well formed, which is nearly all of them.
 A report is the call a service makes most, once per trial and epoch from every worker; under
 load, FastAPI's middleware, routing, dependency solving and response rendering cost several
 times what the report's own work does in the API process (docs/benchmarks.md, section b). This
-ASGI middleware answers a report that has a bearer token and a valid body itself: it hands it to
+ASGI entry, in front of FastAPI's stack, answers a report that has a bearer token, a
+Content-Length within HPO_MAX_BODY_BYTES and a valid body itself: it hands it to
 the batcher exactly as the route does (service/api/trials.py: `report`) and writes the answer.
 Everything else (no token, a bad body, a path that is not an id) goes on to the route, which
 answers it as it always has; so do all other requests. The answers are the route's: the same
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -34,13 +36,20 @@ def _authorize(caller: object) -> None:
 
 
 class ReportFastPath:
-    def __init__(self, app: ASGIApp) -> None:
+    """The ASGI entry of the app (service/api/app.py): reports it can answer, it answers;
+    everything else goes to `app`, FastAPI's own stack. `reports()` is the app's batcher."""
+
+    def __init__(self, app: ASGIApp, reports: Callable[[], ReportBatcher], max_body_bytes: int) -> None:
         self.app = app
+        self.reports = reports
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         found = REPORT_PATH.fullmatch(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
         token = _bearer_token(scope) if found else None
-        if token is None:
+        length = _content_length(scope) if token else None
+        if token is None or length is None or length > self.max_body_bytes:
+            # BodyLimit (in the stack) refuses what is over the limit, or has no length to go by.
             await self.app(scope, receive, send)
             return
         chunks, more = [], True
@@ -57,10 +66,9 @@ class ReportFastPath:
         except (ValueError, ValidationError):
             await self.app(scope, _replay(raw, receive), send)  # 401, 403, then 422: the route's order
             return
-        reports: ReportBatcher = scope["app"].state.reports
         pending = PendingReport(token, int(found.group(1)), body.lease_id, body.step, body.value, authorize=_authorize)
         try:
-            prune = await reports.submit(pending)
+            prune = await self.reports().submit(pending)
         except Exception as exc:  # noqa: BLE001  # rendered as the route's error handlers render it
             response = error_response(exc, "POST", scope["path"])
             await response(scope, receive, send)
@@ -77,6 +85,13 @@ def _bearer_token(scope: Scope) -> str | None:
         if name == b"authorization":
             scheme, _, credentials = value.decode("latin-1").partition(" ")
             return credentials if scheme.lower() == "bearer" and credentials else None
+    return None
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
     return None
 
 

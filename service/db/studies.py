@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import NamedTuple
 
-from sqlalchemy import Integer, any_, bindparam, func, select
+from sqlalchemy import BigInteger, Integer, any_, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
@@ -97,22 +98,49 @@ def lock_lease(session: Session, trial_id: int) -> tuple[Lease, StudyRecord | No
     return None if row is None else (row[0], row[1], row[2])
 
 
-def lock_leases(session: Session, trial_ids: Sequence[int]) -> dict[int, tuple[Lease, StudyRecord | None, datetime]]:
+class LeaseRow(NamedTuple):
+    """What the report path reads of a lease (lock_leases): the Lease columns it checks."""
+
+    trial_id: int
+    study_id: int | None
+    team_id: int | None
+    lease_id: str
+    expires_at: datetime
+    ended_at: datetime | None
+    outcome: str | None
+
+
+_LEASE_ROW = [getattr(Lease, name) for name in LeaseRow._fields]
+
+
+def lock_leases(session: Session, trial_ids: Sequence[int]) -> dict[int, tuple[LeaseRow, StudyRecord | None, datetime]]:
     """lock_lease for several trials, in two reads whatever their number: the leases, locked in
-    trial id order (two batches locking overlapping leases take them in the same order), then
-    their studies (a batch's reports are mostly of a few studies; joined, each row would carry
-    its study's definition again)."""
+    trial id order (two batches locking overlapping leases take them in the same order), as
+    plain rows (extend_leases writes them), then their studies (a batch's reports are mostly of
+    a few studies; joined, each row would carry its study's definition again)."""
     if not trial_ids:
         return {}
-    ids = bindparam("trial_ids", sorted(set(trial_ids)), type_=ARRAY(Integer))
-    query = select(Lease, func.now()).where(Lease.trial_id == any_(ids)).order_by(Lease.trial_id).with_for_update(of=Lease)
-    leases = session.execute(query).all()
+    ids = bindparam("trial_ids", sorted(set(trial_ids)), type_=ARRAY(BigInteger))
+    query = select(*_LEASE_ROW, func.now()).where(Lease.trial_id == any_(ids)).order_by(Lease.trial_id).with_for_update(of=Lease)
+    leases = [(LeaseRow(*row[:-1]), row[-1]) for row in session.execute(query)]
     study_ids = sorted({lease.study_id for lease, _ in leases if lease.study_id is not None})
     records = {}
     if study_ids:
         wanted = bindparam("study_ids", study_ids, type_=ARRAY(Integer))
         records = {r.id: r for r in session.scalars(select(StudyRecord).where(StudyRecord.id == any_(wanted)))}
     return {lease.trial_id: (lease, records.get(lease.study_id), now) for lease, now in leases}  # type: ignore[arg-type]
+
+
+def extend_leases(session: Session, trial_ids: Sequence[int], seconds: float) -> None:
+    """Leases locked by lock_leases run `seconds` from the transaction's now(), in one statement."""
+    if trial_ids:
+        ids = bindparam("trial_ids", sorted(set(trial_ids)), type_=ARRAY(BigInteger))
+        session.execute(
+            update(Lease)
+            .where(Lease.trial_id == any_(ids))
+            .values(expires_at=func.now() + timedelta(seconds=seconds))
+            .execution_options(synchronize_session=False)
+        )
 
 
 def leases_by_trial(session: Session, study_id: int) -> dict[int, Lease]:

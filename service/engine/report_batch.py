@@ -6,8 +6,10 @@ An API process collects the reports that arrive while its previous batch is in t
 but the batch's database work is a fixed number of statements whatever its size:
 
 1. the tokens, in one read (teams.authenticate_many);
-2. the leases, locked in one read, in trial id order (studies.lock_leases);
-3. Optuna's heartbeats of the leases due an extension, in one upsert;
+2. the leases, locked in one read in trial id order, and their studies in another
+   (studies.lock_leases);
+3. for the leases due an extension, Optuna's heartbeats in one upsert and the leases' expiry in
+   one update;
 4. every value into Optuna's intermediate values, in one statement that reads back a summary
    of each trial's curve (optuna_rows.insert_values_and_summarize): its cost does not grow with
    the trials' number of steps;
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 
 import optuna
 from optuna.storages import BaseStorage
@@ -82,40 +83,37 @@ def report_many(
 
     locked = study_rows.lock_leases(session, [reports[i].trial_id for i, _ in allowed])
     held: list[tuple[int, trials.Held]] = []
-    again: list[tuple[int, Principal]] = []  # a trial's second report in this batch
+    again: list[tuple[int, Principal]] = []  # a trial's second report in this batch; other pruners
     seen: set[int] = set()
+    judges: dict[int, _Judge] = {}
     for i, caller in allowed:
         r = reports[i]
         if r.trial_id in seen:
             again.append((i, caller))
             continue
         try:
-            found = trials.live(trials.checked_lease(locked.get(r.trial_id), caller.team, r.trial_id, r.lease_id))
+            found = trials.live(trials.checked_lease(locked.get(r.trial_id), caller.team, r.trial_id, r.lease_id))  # type: ignore[arg-type]
+            judge = judges.get(found.record.id)
+            if judge is None:
+                judge = judges[found.record.id] = _Judge.of(storage, found)
         except ServiceError as exc:
             outcomes[i] = exc
             continue
         seen.add(r.trial_id)
-        held.append((i, found))
+        if judge.percentile or judge.never:
+            held.append((i, found))
+        else:
+            again.append((i, caller))  # a pruner the view cannot judge: trials.report judges it
+
+    # Leases extended under half a heartbeat ago stay as they are (trials._extend).
+    due = [h.lease.trial_id for _, h in held if not trials.is_fresh(h, settings)]
+    optuna_rows.record_heartbeats(session.connection(), due)
+    study_rows.extend_leases(session, due, settings.lease_seconds)
 
     conn = session.connection()
-    # Leases extended under half a heartbeat ago stay as they are (trials._extend).
-    due = [h for _, h in held if not trials.is_fresh(h, settings)]
-    optuna_rows.record_heartbeats(conn, [h.lease.trial_id for h in due])
-    for h in due:
-        h.lease.expires_at = h.now + timedelta(seconds=settings.lease_seconds)
-
-    judges: dict[int, _Judge] = {}
-    bulk: list[tuple[int, trials.Held]] = []
-    slow: list[tuple[int, trials.Held]] = []  # a pruner the view cannot judge
+    stored = optuna_rows.insert_values_and_summarize(conn, [(h.lease.trial_id, reports[i].step, reports[i].value) for i, h in held])
+    views = {j.study_id: coordination.study_trials(storage, j.study_id, conn=conn) for j in judges.values() if j.percentile and not j.never}
     for i, h in held:
-        judge = judges.get(h.record.id)
-        if judge is None:
-            judge = judges[h.record.id] = _Judge.of(storage, h)
-        (bulk if judge.percentile or judge.never else slow).append((i, h))
-
-    stored = optuna_rows.insert_values_and_summarize(conn, [(h.lease.trial_id, reports[i].step, reports[i].value) for i, h in bulk])
-    views = {j.study_id: coordination.study_trials(storage, j.study_id, conn=conn) for j in judges.values() if not j.never}
-    for i, h in bulk:
         r, judge = reports[i], judges[h.record.id]
         try:
             with optuna_errors():
@@ -134,11 +132,6 @@ def report_many(
             summary = summary.with_value(r.step, r.value)  # the first value of a step stays
         outcomes[i] = judge.decide(summary, views.get(judge.study_id))
 
-    for i, h in slow:
-        try:
-            outcomes[i] = trials.report_on(session, storage, h, reports[i].step, reports[i].value, settings)
-        except ServiceError as exc:
-            outcomes[i] = exc
     for i, caller in again:
         r = reports[i]
         try:
