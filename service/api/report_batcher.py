@@ -21,7 +21,10 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
+from sqlalchemy import create_engine
+
 from service.api.deps import Runtime
+from service.db.session import engine_kwargs, make_sessionmaker
 from service.db.teams import authenticate
 from service.engine import report_batch, trials
 from service.engine.report_batch import PendingReport
@@ -47,6 +50,13 @@ class ReportBatcher:
         self.max_batch = max_batch
         self.in_flight = in_flight
         self._executor = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="hpo-reports")
+        # A pool of its own, one connection per batch in flight, without the ping on every
+        # checkout (a round trip in each batch): a batch on a connection the database dropped
+        # fails as a whole, and its reports are retried on the runtime's pool, which pings.
+        kwargs = {**engine_kwargs(runtime.settings, f"{runtime.settings.application_name}-reports")}
+        kwargs.update(pool_pre_ping=False, pool_size=in_flight, max_overflow=0)
+        self._engine = create_engine(runtime.engine.url, **kwargs)
+        self._sessions = make_sessionmaker(self._engine)
         self._queue: list[tuple[PendingReport, asyncio.Future[bool]]] = []
         self._drains: set[asyncio.Task[None]] = set()
         self._last_batch = 1
@@ -99,7 +109,7 @@ class ReportBatcher:
     def _run(self, reports: list[PendingReport]) -> list[_Outcome]:
         runtime = self.runtime
         try:
-            with runtime.sessions() as session:
+            with self._sessions() as session:
                 outcomes: list[_Outcome] = list(report_batch.report_many(session, runtime.storage, reports, runtime.settings))
                 session.commit()
             return outcomes
@@ -124,3 +134,4 @@ class ReportBatcher:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+        self._engine.dispose()

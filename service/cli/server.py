@@ -60,6 +60,8 @@ def serve(
         port=port or settings.port,
         workers=workers or settings.api_workers,
         log_level=settings.log_level,
+        # uvicorn logs each request at info; below that level, don't even format the line.
+        access_log=settings.log_level in ("trace", "debug", "info"),
     )
 
 

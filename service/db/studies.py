@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from sqlalchemy import BigInteger, Integer, any_, bindparam, func, select, update
+from sqlalchemy import BigInteger, any_, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
@@ -113,22 +113,44 @@ class LeaseRow(NamedTuple):
 _LEASE_ROW = [getattr(Lease, name) for name in LeaseRow._fields]
 
 
-def lock_leases(session: Session, trial_ids: Sequence[int]) -> dict[int, tuple[LeaseRow, StudyRecord | None, datetime]]:
-    """lock_lease for several trials, in two reads whatever their number: the leases, locked in
+class StudyRow(NamedTuple):
+    """What the report path reads of a lease's study with the lease (lock_leases); the study's
+    definition never changes, so callers keep it (study_spec) rather than read it each time."""
+
+    id: int
+    team_id: int
+    optuna_name: str
+    stopped: bool
+
+
+_STUDY_ROW = [getattr(StudyRecord, name) for name in StudyRow._fields]
+
+
+def lock_leases(session: Session, trial_ids: Sequence[int]) -> dict[int, tuple[LeaseRow, StudyRow | None, datetime]]:
+    """lock_lease for several trials in one read whatever their number: the leases, locked in
     trial id order (two batches locking overlapping leases take them in the same order), as
-    plain rows (extend_leases writes them), then their studies (a batch's reports are mostly of
-    a few studies; joined, each row would carry its study's definition again)."""
+    plain rows (extend_leases writes them), each with its study's row but not its definition."""
     if not trial_ids:
         return {}
     ids = bindparam("trial_ids", sorted(set(trial_ids)), type_=ARRAY(BigInteger))
-    query = select(*_LEASE_ROW, func.now()).where(Lease.trial_id == any_(ids)).order_by(Lease.trial_id).with_for_update(of=Lease)
-    leases = [(LeaseRow(*row[:-1]), row[-1]) for row in session.execute(query)]
-    study_ids = sorted({lease.study_id for lease, _ in leases if lease.study_id is not None})
-    records = {}
-    if study_ids:
-        wanted = bindparam("study_ids", study_ids, type_=ARRAY(Integer))
-        records = {r.id: r for r in session.scalars(select(StudyRecord).where(StudyRecord.id == any_(wanted)))}
-    return {lease.trial_id: (lease, records.get(lease.study_id), now) for lease, now in leases}  # type: ignore[arg-type]
+    query = (
+        select(*_LEASE_ROW, *_STUDY_ROW, func.now())
+        .outerjoin(StudyRecord, StudyRecord.id == Lease.study_id)
+        .where(Lease.trial_id == any_(ids))
+        .order_by(Lease.trial_id)
+        .with_for_update(of=Lease)
+    )
+    found = {}
+    n = len(_LEASE_ROW)
+    for row in session.execute(query):
+        lease, study = LeaseRow(*row[:n]), row[n : n + len(_STUDY_ROW)]
+        found[lease.trial_id] = (lease, None if study[0] is None else StudyRow(*study), row[-1])
+    return found
+
+
+def study_spec(session: Session, study_id: int) -> dict | None:
+    """A study's definition as stored (JSON)."""
+    return session.execute(select(StudyRecord.spec).where(StudyRecord.id == study_id)).scalar_one_or_none()
 
 
 def extend_leases(session: Session, trial_ids: Sequence[int], seconds: float) -> None:

@@ -6,8 +6,8 @@ An API process collects the reports that arrive while its previous batch is in t
 but the batch's database work is a fixed number of statements whatever its size:
 
 1. the tokens, in one read (teams.authenticate_many);
-2. the leases, locked in one read in trial id order, and their studies in another
-   (studies.lock_leases);
+2. the leases, locked in one read in trial id order, with their studies' rows
+   (studies.lock_leases; a study's definition never changes, and is read once per process);
 3. for the leases due an extension, Optuna's heartbeats in one upsert and the leases' expiry in
    one update;
 4. every value into Optuna's intermediate values, in one statement that reads back a summary
@@ -23,6 +23,8 @@ transaction."""
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -36,9 +38,9 @@ from service.db.teams import Principal, authenticate_many
 from service.engine import coordination, optuna_rows, trials
 from service.engine.factories import build_pruner
 from service.engine.storage import optuna_errors
-from service.engine.studies import spec_of
 from service.errors import ServiceError
 from service.settings import Settings
+from service.spec import StudySpec
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ def report_many(
             found = trials.live(trials.checked_lease(locked.get(r.trial_id), caller.team, r.trial_id, r.lease_id))  # type: ignore[arg-type]
             judge = judges.get(found.record.id)
             if judge is None:
-                judge = judges[found.record.id] = _Judge.of(storage, found)
+                judge = judges[found.record.id] = _Judge.of(session, storage, found.record)
         except ServiceError as exc:
             outcomes[i] = exc
             continue
@@ -142,6 +144,30 @@ def report_many(
     return outcomes  # type: ignore[return-value]
 
 
+# Study definitions by (database, study id): they never change, and ids are never reused.
+_SPECS: OrderedDict[tuple[str, int], StudySpec] = OrderedDict()
+_SPECS_LOCK = threading.Lock()
+MAX_SPECS = 1024
+
+
+def _spec(session: Session, study_id: int) -> StudySpec:
+    key = (str(session.get_bind().url), study_id)
+    with _SPECS_LOCK:
+        spec = _SPECS.get(key)
+        if spec is not None:
+            _SPECS.move_to_end(key)
+            return spec
+    stored = study_rows.study_spec(session, study_id)
+    if stored is None:
+        raise KeyError(f"study {study_id}")  # deleted since the lease was read: not in this transaction
+    spec = StudySpec.model_validate(stored)
+    with _SPECS_LOCK:
+        _SPECS[key] = spec
+        while len(_SPECS) > MAX_SPECS:
+            _SPECS.popitem(last=False)
+    return spec
+
+
 @dataclass(frozen=True)
 class _Judge:
     """How the reports of one study are decided."""
@@ -152,9 +178,8 @@ class _Judge:
     direction: StudyDirection
 
     @classmethod
-    def of(cls, storage: BaseStorage, held: trials.Held) -> _Judge:
-        record = held.record
-        spec = spec_of(record)
+    def of(cls, session: Session, storage: BaseStorage, record: study_rows.StudyRow) -> _Judge:
+        spec = _spec(session, record.id)
         with optuna_errors():
             study_id = coordination.optuna_study_id(storage, record.id, record.optuna_name)
         direction = StudyDirection.MAXIMIZE if spec.direction == "maximize" else StudyDirection.MINIMIZE
