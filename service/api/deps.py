@@ -69,7 +69,10 @@ def get_caller(runtime: RuntimeDep, credentials: Credentials) -> Principal:
     Outside a transaction (autocommit): the check is one read, plus at most a minute's touch
     that is right on its own, so BEGIN and COMMIT would be two round trips for nothing on every
     request."""
-    token = _bearer_token(credentials)
+    return _authenticate(runtime, _bearer_token(credentials))
+
+
+def _authenticate(runtime: Runtime, token: str) -> Principal:
     with runtime.engine.connect() as conn, Session(bind=conn.execution_options(isolation_level="AUTOCOMMIT")) as session:
         return authenticate(session, token)
 
@@ -148,11 +151,7 @@ class Bearer:
         authorize(self.roles, self.what, caller)
 
     async def check(self) -> Principal:
-        def job() -> Principal:
-            with self.runtime.engine.connect() as conn, Session(bind=conn.execution_options(isolation_level="AUTOCOMMIT")) as session:
-                return authenticate(session, self.token)
-
-        caller = await run_in_threadpool(job)
+        caller = await run_in_threadpool(_authenticate, self.runtime, self.token)
         self.authorize(caller)
         return caller
 
