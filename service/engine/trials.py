@@ -324,18 +324,31 @@ def _end(
             # after_trial, which does nothing for the samplers the factories build:
             # tests/test_coordination.py.)
             values = _told_values(state, value, intermediate)
+            # User attributes, so optuna-dashboard shows why a trial ended and what its curve
+            # says. Committed on their own before the state change: Optuna's cached storage keeps
+            # a finished trial as it first read it, so attributes committed after the state (in
+            # this transaction) were lost to a process that listed the trial in between. (Not on
+            # this transaction's connection, which would then hold a lock on the trial's row
+            # that the state change waits for: optuna_rows, lock order.)
+            _set_user_attrs_now(storage, lease.trial_id, _end_attrs(spec, intermediate, error, reason, metrics))
             try:
                 storage.set_trial_state_values(lease.trial_id, _OPTUNA_STATE[state], values)
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass  # told in between (tell's skip_if_finished)
-            else:
-                # After the state change, which locks the trial's row on the storage's own
-                # connection (optuna_rows: lock order). User attributes, so optuna-dashboard
-                # shows why a trial ended and what its curve says.
-                optuna_rows.set_user_attrs(conn, lease.trial_id, _end_attrs(spec, intermediate, error, reason, metrics))
     lease.ended_at = now if now is not None else study_rows.now(session)
     lease.outcome = state
     lease.error = error
+
+
+def _set_user_attrs_now(storage: BaseStorage, trial_id: int, attrs: dict[str, Any]) -> None:
+    backend = getattr(storage, "_backend", storage)
+    engine = getattr(backend, "engine", None)
+    if engine is None:
+        for key, value in attrs.items():
+            storage.set_trial_user_attr(trial_id, key, value)
+        return
+    with engine.begin() as conn:
+        optuna_rows.set_user_attrs(conn, trial_id, attrs)
 
 
 def _told_values(state: FinishState, value: float | None, intermediate: dict[int, float]) -> list[float] | None:
