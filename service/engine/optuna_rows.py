@@ -125,7 +125,8 @@ def _insert_and_summarize_statement() -> Any:
         .cte("inserted")
     )
     # The curve as it was (a statement does not see its own CTE's insert), aggregated in the
-    # database: a report's cost does not grow with the trial's number of steps.
+    # database: the API process's cost does not grow with the trial's number of steps (the
+    # database's does: it reads every step for the best value).
     whole = (
         select(
             func.bool_or(v.step == b.step).label("had_step"),
