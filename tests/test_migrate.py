@@ -51,3 +51,56 @@ def test_serve_refuses_an_unmigrated_database(new_database: Callable[[], str]) -
     result = run(str(BIN / "hpo"), "serve", "--port", "1", url=url)
     assert result.returncode == 2
     assert "hpo migrate" in result.stderr
+
+
+def test_curve_bests_are_filled_for_curves_stored_before_their_migration(new_database: Callable[[], str]) -> None:
+    """Migration 0006 fills hpo_curve_bests from the values already stored, and from then on
+    its triggers keep it; its downgrade removes table and triggers."""
+    import math
+
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    from service.migrate import alembic_config
+
+    url = new_database()
+    assert run(str(BIN / "hpo"), "migrate", url=url).returncode == 0
+
+    def alembic(verb: str, revision: str) -> None:
+        engine = create_engine(url)
+        with engine.begin() as conn:
+            cfg = alembic_config()
+            cfg.attributes["connection"] = conn
+            getattr(command, verb)(cfg, revision)
+        engine.dispose()
+
+    def kept() -> dict[int, tuple]:
+        with psycopg.connect(url.replace("postgresql+psycopg", "postgresql")) as conn:
+            return {r[0]: r[1:] for r in conn.execute("SELECT trial_id, finite_min, finite_max, inf_pos, inf_neg FROM hpo_curve_bests")}
+
+    alembic("downgrade", "0005")
+    storage = optuna.storages.RDBStorage(url)
+    study = optuna.create_study(storage=storage)
+    curves = {1: [0.5, 0.25, math.nan], 2: [math.inf, 3.0], 3: [math.nan], 4: [-math.inf, 1.0, 2.0]}
+    ids = {}
+    for key, values in curves.items():
+        trial = study.ask()
+        ids[key] = trial._trial_id
+        for step, value in enumerate(values):
+            trial.report(value, step)
+    study.ask()  # a trial without values gets no row
+    alembic("upgrade", "head")
+    assert kept() == {
+        ids[1]: (0.25, 0.5, False, False),
+        ids[2]: (3.0, 3.0, True, False),
+        ids[3]: (None, None, False, False),
+        ids[4]: (1.0, 2.0, False, True),
+    }
+    storage.set_trial_intermediate_value(ids[3], 1, -7.0)  # kept from here on by the trigger
+    assert kept()[ids[3]] == (-7.0, -7.0, False, False)
+
+    alembic("downgrade", "0005")
+    storage.set_trial_intermediate_value(ids[3], 2, 1.0)  # no trigger left to fail
+    with psycopg.connect(url.replace("postgresql+psycopg", "postgresql")) as conn:
+        assert conn.execute("SELECT to_regclass('hpo_curve_bests')").fetchone() == (None,)
+    storage.engine.dispose()

@@ -258,10 +258,24 @@ def test_concurrent_reports_through_a_live_server_are_judged_as_optuna_judges_th
     assert any(any(a) for a in answers) and any(not all(a) for a in answers)  # both answers occur
 
 
+def _kept_bests(conn: Any, trial_ids: Any) -> dict[int, tuple[Any, ...]]:
+    """The hpo_curve_bests rows of these trials (other tests share the database)."""
+    from sqlalchemy import text
+
+    query = text("SELECT trial_id, finite_min, finite_max, inf_pos, inf_neg FROM hpo_curve_bests WHERE trial_id = ANY(:ids)")
+    return {row[0]: tuple(row[1:]) for row in conn.execute(query, {"ids": list(trial_ids)})}
+
+
+@pytest.mark.parametrize("rewrite", [False, True], ids=["kept", "rewritten"])
 @pytest.mark.parametrize("seed", range(3))
-def test_the_database_summarizes_curves_as_curve_summary_does(db_url: str, settings: Settings, seed: int) -> None:
+def test_the_database_summarizes_curves_as_curve_summary_does(db_url: str, settings: Settings, seed: int, rewrite: bool) -> None:
     """optuna_rows.insert_values_and_summarize against CurveSummary.of on stored curves with
-    NaN, infinities, gaps and none at all; a step already there keeps its first value."""
+    NaN, infinities, gaps and none at all; a step already there keeps its first value.
+
+    The best values come from hpo_curve_bests, kept by triggers on Optuna's table (migration
+    0006). "rewritten": Optuna then rewrites a step of some curves (a step reported again
+    through its storage updates the row), which drops their kept row; the batch aggregates
+    those curves from Optuna's table, and its insert builds the row again."""
     import math
 
     from service.engine import coordination, optuna_rows
@@ -270,19 +284,34 @@ def test_the_database_summarizes_curves_as_curve_summary_does(db_url: str, setti
     storage = make_storage(db_url, settings)
     study = optuna.create_study(storage=storage)
     stored: dict[int, dict[int, float]] = {}
+
+    def some_value() -> float:
+        return rng.choice([math.nan, math.inf, -math.inf]) if rng.random() < 0.25 else rng.uniform(-2, 2)
+
     for _ in range(12):
         trial_id = study.ask()._trial_id
         steps = rng.sample(range(0, 10), rng.randrange(0, 8))
-        stored[trial_id] = {s: rng.choice([math.nan, math.inf, -math.inf]) if rng.random() < 0.25 else rng.uniform(-2, 2) for s in steps}
+        stored[trial_id] = {s: some_value() for s in steps}
         for step, value in stored[trial_id].items():
             storage.set_trial_intermediate_value(trial_id, step, value)
+    rewritten = set()
+    if rewrite:
+        for trial_id, curve in stored.items():
+            if curve and rng.random() < 0.6:
+                step = rng.choice(list(curve))
+                curve[step] = some_value()
+                storage.set_trial_intermediate_value(trial_id, step, curve[step])
+                rewritten.add(trial_id)
+        assert rewritten
     finished = study.ask()._trial_id
     storage.set_trial_state_values(finished, TrialState.FAIL)
     reports = [(trial_id, rng.randrange(0, 12), rng.uniform(-3, 3)) for trial_id in stored] + [(finished, 1, 0.5), (2**31 - 1, 1, 0.5)]
     engine = make_engine(db_url, settings)
     with engine.begin() as conn:
+        kept_before = _kept_bests(conn, stored)
         found = optuna_rows.insert_values_and_summarize(conn, reports)
-    engine.dispose()
+        kept_after = _kept_bests(conn, stored)
+    assert {t for t, curve in stored.items() if curve} - rewritten == kept_before.keys()
     for trial_id, step, value in reports[:-2]:
         got, want = found[trial_id], coordination.CurveSummary.of(stored[trial_id])
         assert got.state == TrialState.RUNNING and got.had_step == (step in stored[trial_id])
@@ -294,5 +323,25 @@ def test_the_database_summarizes_curves_as_curve_summary_does(db_url: str, setti
         assert actual.keys() == expected.keys() and all(
             actual[s] == expected[s] or (math.isnan(actual[s]) and math.isnan(expected[s])) for s in expected
         )
+        stored[trial_id] = expected
+        # A curve that got a value has its row again; one whose step was there keeps what it had.
+        assert (trial_id in kept_after) == (trial_id in kept_before or not got.had_step)
     assert found[finished].state == TrialState.FAIL and storage.get_trial(finished).intermediate_values == {}
     assert found[2**31 - 1].state is None
+
+    # Read again (every step already there, so nothing is inserted): now from the rows that the
+    # batch's inserts built or updated, or aggregated where a rewrite left none.
+    again = [(trial_id, next(iter(curve)), 0.0) for trial_id, curve in stored.items()]
+    with engine.begin() as conn:
+        found = optuna_rows.insert_values_and_summarize(conn, again)
+    for trial_id, _, _ in again:
+        got, want = found[trial_id], coordination.CurveSummary.of(stored[trial_id])
+        assert got.had_step and (got.last_step, got.previous_step) == (want.last_step, want.previous_step)
+        for a, b in ((got.best_min, want.best_min), (got.best_max, want.best_max)):
+            assert a == b or (math.isnan(a) and math.isnan(b)), (stored[trial_id], got)
+
+    # Deleting the study deletes its values, and with them their rows.
+    optuna.delete_study(study_name=study.study_name, storage=storage)
+    with engine.begin() as conn:
+        assert _kept_bests(conn, stored) == {}
+    engine.dispose()

@@ -7,8 +7,10 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -172,3 +174,22 @@ class DashboardSession(Base):
     token_id: Mapped[int] = mapped_column(ForeignKey("hpo_tokens.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = _now()
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class CurveBest(Base):
+    """The best reported values of a trial's curve (np.nanmin / np.nanmax over Optuna's
+    trial_intermediate_values), which every pruning decision reads. Kept by triggers on that
+    table (migration 0006), so every path that writes a value keeps it, Optuna's own included,
+    and a report reads one row instead of every step of its trial. Optuna's table stays the
+    source of truth: a trial with values but no row here (after an update or delete of its
+    values) is aggregated from there."""
+
+    __tablename__ = "hpo_curve_bests"
+
+    trial_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # Optuna's trial_id
+    # Over the FINITE values only; NULL while there are none. Infinities are flags: NaN rows
+    # are left out, as np.nanmin leaves them out.
+    finite_min: Mapped[float | None] = mapped_column(Double, nullable=True)
+    finite_max: Mapped[float | None] = mapped_column(Double, nullable=True)
+    inf_pos: Mapped[bool] = mapped_column(Boolean)
+    inf_neg: Mapped[bool] = mapped_column(Boolean)

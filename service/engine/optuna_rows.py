@@ -27,7 +27,7 @@ from sqlalchemy import Double, Integer, bindparam, exists, func, literal, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from service.db.models import Lease, StudyRecord
+from service.db.models import CurveBest, Lease, StudyRecord
 
 TRIALS = rdb_models.TrialModel.__table__
 _STUDIES = rdb_models.StudyModel.__table__
@@ -124,26 +124,44 @@ def _insert_and_summarize_statement() -> Any:
         .on_conflict_do_nothing(index_elements=[v.trial_id, v.step])
         .cte("inserted")
     )
-    # The curve as it was (a statement does not see its own CTE's insert), aggregated in the
-    # database: the API process's cost does not grow with the trial's number of steps (the
-    # database's does: it reads every step for the best value).
-    whole = (
+    # The curve as it was (a statement does not see its own CTE's insert, and the triggers that
+    # keep hpo_curve_bests run after it). Steps come from the (trial_id, step) index, a few
+    # entries each; the best values from the trial's hpo_curve_bests row, so the cost of a
+    # report does not grow with its trial's number of steps. A trial with values but no row
+    # (its values were updated or deleted since: migration 0006) is aggregated here instead.
+    had_step = exists().where(v.trial_id == b.trial_id, v.step == b.step)
+    last = select(func.max(v.step).label("last_step")).where(v.trial_id == b.trial_id).lateral("last")
+    previous = select(func.max(v.step)).where(v.trial_id == b.trial_id, v.step < last.c.last_step).scalar_subquery()
+    kept = CurveBest.__table__.c
+    aggregated = (
         select(
-            func.bool_or(v.step == b.step).label("had_step"),
-            func.max(v.step).label("last_step"),
             func.min(v.intermediate_value).filter(v.intermediate_value_type == _FINITE).label("finite_min"),
             func.max(v.intermediate_value).filter(v.intermediate_value_type == _FINITE).label("finite_max"),
             func.bool_or(v.intermediate_value_type == _INF_POS).label("inf_pos"),
             func.bool_or(v.intermediate_value_type == _INF_NEG).label("inf_neg"),
         )
-        .where(v.trial_id == b.trial_id)
-        .lateral("whole")
+        .where(v.trial_id == b.trial_id, kept.trial_id.is_(None))
+        .lateral("aggregated")
     )
-    w = whole.c
-    previous = select(func.max(v.step)).where(v.trial_id == b.trial_id, v.step < w.last_step).scalar_subquery()
+    a = aggregated.c
     return (
-        select(b.trial_id, trials.state, w.had_step, w.last_step, previous, w.finite_min, w.finite_max, w.inf_pos, w.inf_neg)
-        .select_from(batch.outerjoin(TRIALS, trials.trial_id == b.trial_id).join(whole, true()))
+        select(
+            b.trial_id,
+            trials.state,
+            had_step,
+            last.c.last_step,
+            previous,
+            func.coalesce(kept.finite_min, a.finite_min),
+            func.coalesce(kept.finite_max, a.finite_max),
+            func.coalesce(kept.inf_pos, a.inf_pos),
+            func.coalesce(kept.inf_neg, a.inf_neg),
+        )
+        .select_from(
+            batch.outerjoin(TRIALS, trials.trial_id == b.trial_id)
+            .outerjoin(CurveBest.__table__, kept.trial_id == b.trial_id)
+            .join(last, true())
+            .join(aggregated, true())
+        )
         .add_cte(insert)
     )
 
