@@ -11,8 +11,9 @@ but the batch's database work is a fixed number of statements whatever its size:
 3. for the leases due an extension, Optuna's heartbeats in one upsert and the leases' expiry in
    one update;
 4. every value into Optuna's intermediate values, in one statement that reads back a summary
-   of each trial's curve (optuna_rows.insert_values_and_summarize): no curve comes back to
-   Python, though the database still aggregates each trial's every step;
+   of each trial's curve (optuna_rows.insert_values_and_summarize): its last steps from the
+   index and its best values from hpo_curve_bests, so its cost does not grow with the trials'
+   number of steps;
 5. one refresh of the flat view per study in the batch;
 6. one commit.
 
