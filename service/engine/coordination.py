@@ -36,6 +36,7 @@ from sqlalchemy import Integer, any_, bindparam, or_, select
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from service.engine import optuna_rows
+from service.engine.storage import backend_of
 
 # Studies whose trials one API process keeps; the least recently used beyond that are dropped
 # (and rebuilt, with one full read, when used again).
@@ -91,7 +92,7 @@ class StudyTrials:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def refresh(self, storage: BaseStorage) -> None:
-        backend = _backend(storage)
+        backend = backend_of(storage)
         if isinstance(backend, RDBStorage):
             with backend.engine.connect() as conn:
                 self.refresh_on(conn)
@@ -171,11 +172,6 @@ def _ids(trial_ids: list[int]) -> Any:
     return bindparam("trial_ids", trial_ids, type_=ARRAY(Integer))
 
 
-def _backend(storage: BaseStorage) -> BaseStorage:
-    # make_storage wraps the RDBStorage in Optuna's _CachedStorage.
-    return getattr(storage, "_backend", storage)
-
-
 def _curves(conn: Any, trial_ids: list[int]) -> dict[int, dict[int, float]]:
     curves: dict[int, dict[int, float]] = {trial_id: {} for trial_id in trial_ids}
     if trial_ids:
@@ -188,7 +184,7 @@ def _curves(conn: Any, trial_ids: list[int]) -> dict[int, dict[int, float]]:
 
 def curve(storage: BaseStorage, trial_id: int) -> dict[int, float]:
     """One trial's intermediate values, in one read (storage.get_trial reads six tables)."""
-    backend = _backend(storage)
+    backend = backend_of(storage)
     if not isinstance(backend, RDBStorage):
         return dict(storage.get_trial(trial_id).intermediate_values)
     with backend.engine.connect() as conn:
@@ -207,7 +203,7 @@ def record_value(
     that reads the curve back (optuna_rows): one round trip instead of Optuna's three and a
     commit of its own.
     Conflict (409) if Optuna has the trial finished (someone told it, e.g. from the dashboard)."""
-    backend = _backend(storage)
+    backend = backend_of(storage)
     if not isinstance(backend, RDBStorage):
         values = curve(storage, trial_id)
         if step not in values:
@@ -230,7 +226,7 @@ def record_value(
 def _database(storage: BaseStorage) -> str:
     """Which database a storage reads: the registry's key next to the study, since tests run
     several databases in one process (and an id() of a storage may be reused after it is gone)."""
-    backend = _backend(storage)
+    backend = backend_of(storage)
     engine = getattr(backend, "engine", None)
     return str(engine.url) if engine is not None else f"storage-{id(storage)}"
 
@@ -272,7 +268,7 @@ _registry = _Registry()
 
 def study_trials(storage: BaseStorage, study_id: int, *, conn: Any = None) -> StudyTrials:
     """The study's trials as of now (refreshed; on `conn`, the caller's connection, if given)."""
-    if conn is None or not isinstance(_backend(storage), RDBStorage):
+    if conn is None or not isinstance(backend_of(storage), RDBStorage):
         return _registry.get(storage, study_id)
     trials = _registry.get(storage, study_id, refresh=False)
     trials.refresh_on(conn)

@@ -25,7 +25,7 @@ from service.db import studies as study_rows
 from service.db.models import StudyRecord
 from service.engine import checkpoints, coordination, optuna_rows
 from service.engine.factories import load_study
-from service.engine.storage import database_down, optuna_errors, retry_callback
+from service.engine.storage import backend_of, database_down, optuna_errors, retry_callback
 from service.engine.studies import spec_of
 from service.settings import Settings
 
@@ -114,7 +114,7 @@ def _fail_orphans(
 
 
 def _grace(storage: BaseStorage) -> float:
-    return float(getattr(storage, "_backend", storage).grace_period or 0)
+    return float(backend_of(storage).grace_period or 0)
 
 
 def retry_lost_trial(storage: BaseStorage, record: StudyRecord, trial_id: int) -> None:

@@ -60,6 +60,11 @@ def make_storage(url: str, settings: Settings) -> BaseStorage:
     return optuna.storages.get_storage(rdb)
 
 
+def backend_of(storage: BaseStorage) -> BaseStorage:
+    """The RDBStorage under make_storage's cache (or the storage itself, when it is not wrapped)."""
+    return getattr(storage, "_backend", storage)
+
+
 def retry_callback(storage: BaseStorage) -> RetryPerStudy:
     callback = storage.get_heartbeat_stale_trial_callback()  # type: ignore[attr-defined]
     assert isinstance(callback, RetryPerStudy)

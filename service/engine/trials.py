@@ -27,7 +27,7 @@ from service.engine.reaper import reap_study, retry_lost_trial
 from service.engine import coordination, optuna_rows
 from service.engine.factories import build_pruner, load_study, suggest
 from service.engine.lr_analysis import effective_spec, finder_name
-from service.engine.storage import optuna_errors
+from service.engine.storage import backend_of, optuna_errors
 from service.engine.studies import spec_of
 from service.errors import Gone, InvalidRequest, LeaseLost, NotFound
 from service.settings import Settings
@@ -341,8 +341,7 @@ def _end(
 
 
 def _set_user_attrs_now(storage: BaseStorage, trial_id: int, attrs: dict[str, Any]) -> None:
-    backend = getattr(storage, "_backend", storage)
-    engine = getattr(backend, "engine", None)
+    engine = getattr(backend_of(storage), "engine", None)
     if engine is None:
         for key, value in attrs.items():
             storage.set_trial_user_attr(trial_id, key, value)
