@@ -77,3 +77,22 @@ def pending_migrations(url: str, settings: Settings) -> str | None:
     if not theirs:
         return "Optuna's tables do not exist"
     return None
+
+
+def maintenance_warnings(url: str, settings: Settings) -> list[str]:
+    """What in the database server's settings will slow the service down as studies grow."""
+    engine = make_engine(url, settings, application_name="hpo-schema-check")
+    try:
+        with engine.connect() as conn:
+            autovacuum = conn.execute(text("SELECT current_setting('autovacuum')")).scalar_one()
+    finally:
+        engine.dispose()
+    if autovacuum != "on":
+        # Seen in bench/coordination.py: with the statistics of empty tables, the planner walked a
+        # 10,000-trial study on every report (docs/benchmarks.md, section a).
+        return [
+            "PostgreSQL runs with autovacuum off: nothing refreshes the planner's statistics as "
+            "studies grow, and queries that should stay flat slow down with the number of trials. "
+            "Turn it on, or run `vacuumdb --analyze-only` regularly."
+        ]
+    return []

@@ -53,6 +53,20 @@ def test_serve_refuses_an_unmigrated_database(new_database: Callable[[], str]) -
     assert "hpo migrate" in result.stderr
 
 
+def test_maintenance_warnings_say_when_autovacuum_is_off(new_database: Callable[[], str]) -> None:
+    from service.migrate import maintenance_warnings
+    from service.settings import Settings
+
+    url = new_database()
+    with psycopg.connect(url.replace("postgresql+psycopg", "postgresql")) as conn:
+        autovacuum = conn.execute("SHOW autovacuum").fetchone()[0]
+    warnings = maintenance_warnings(url, Settings(database_url=url))
+    if autovacuum == "on":
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and "autovacuum off" in warnings[0] and "vacuumdb --analyze-only" in warnings[0]
+
+
 def test_curve_bests_are_filled_for_curves_stored_before_their_migration(new_database: Callable[[], str]) -> None:
     """Migration 0006 fills hpo_curve_bests from the values already stored, and from then on
     its triggers keep it; its downgrade removes table and triggers."""

@@ -42,7 +42,7 @@ def serve(
     """
     import uvicorn
 
-    from service.migrate import pending_migrations
+    from service.migrate import maintenance_warnings, pending_migrations
 
     settings = get_settings()
     url = resolve_database_url(settings)
@@ -50,6 +50,8 @@ def serve(
     if missing:
         typer.echo(f"error: the database needs `hpo migrate` first: {missing}", err=True)
         raise typer.Exit(2)
+    for warning in maintenance_warnings(url, settings):
+        typer.echo(f"warning: {warning}", err=True)
     # The uvicorn processes build their own Settings from the environment; hand them the URL
     # of the embedded database when that is what we use.
     os.environ["HPO_DATABASE_URL"] = url
