@@ -118,3 +118,48 @@ def test_curve_bests_are_filled_for_curves_stored_before_their_migration(new_dat
     with psycopg.connect(url.replace("postgresql+psycopg", "postgresql")) as conn:
         assert conn.execute("SELECT to_regclass('hpo_curve_bests')").fetchone() == (None,)
     storage.engine.dispose()
+
+
+def test_running_trials_are_found_through_their_partial_index(new_database: Callable[[], str]) -> None:
+    """Migration 0007: the reaper's read of the studies with unleased RUNNING trials and Optuna's
+    read of a study's RUNNING trials (fail_stale_trials) use the partial index, not a scan of
+    every trial; the downgrade removes it."""
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    from service.migrate import alembic_config
+
+    url = new_database()
+    assert run(str(BIN / "hpo"), "migrate", url=url).returncode == 0
+    libpq_url = url.replace("postgresql+psycopg", "postgresql")
+    storage = optuna.storages.RDBStorage(url)
+    studies = [optuna.create_study(storage=storage, study_name=f"s{k}")._study_id for k in range(2)]
+    storage.engine.dispose()
+    with psycopg.connect(libpq_url) as conn:
+        for study_id in studies:
+            conn.execute(
+                "INSERT INTO trials (number, study_id, state, datetime_start, datetime_complete) "
+                "SELECT g, %s, 'COMPLETE', now(), now() FROM generate_series(0, 4999) g",
+                (study_id,),
+            )
+            conn.execute("INSERT INTO trials (number, study_id, state, datetime_start) VALUES (5000, %s, 'RUNNING', now())", (study_id,))
+        conn.commit()
+        conn.execute("ANALYZE trials")
+
+        def plan(sql: str, *params: object) -> str:
+            return "\n".join(r[0] for r in conn.execute("EXPLAIN " + sql, params))
+
+        reaper_read = "SELECT DISTINCT study_id FROM trials WHERE state = 'RUNNING'"
+        optuna_read = "SELECT trial_id FROM trials WHERE state = %s AND study_id = %s"
+        assert "hpo_ix_trials_running" in plan(reaper_read)
+        assert "hpo_ix_trials_running" in plan(optuna_read, "RUNNING", studies[1])
+        assert [r[0] for r in conn.execute(optuna_read, ("RUNNING", studies[1]))] != []
+
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        cfg = alembic_config()
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0006")
+    engine.dispose()
+    with psycopg.connect(libpq_url) as conn:
+        assert conn.execute("SELECT to_regclass('hpo_ix_trials_running')").fetchone() == (None,)
