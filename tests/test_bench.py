@@ -1,5 +1,5 @@
-"""bench/coordination.py and bench/throughput.py at their --tiny size, as a user runs them: they
-must run to the end and print their summary line. No timing is asserted (DESIGN.md: benchmarks
+"""bench/coordination.py, bench/throughput.py and bench/numbering.py at their --tiny size, as a
+user runs them: they must run to the end and print their summary line. No timing is asserted (DESIGN.md: benchmarks
 print ratios, tests never assert wall-clock times); the pruning parity check is a correctness
 check, so every decision must match."""
 
@@ -45,3 +45,9 @@ def test_throughput_tiny(admin_url: str) -> None:
     result = run_bench("bench.throughput", admin_url)
     line = summary(result, "SUMMARY throughput:")
     assert re.search(r"service \d+ reports/s \(4 workers, 1 API process\) vs pgbench ", line), line
+
+
+def test_numbering_tiny(admin_url: str) -> None:
+    result = run_bench("bench.numbering", admin_url)
+    line = summary(result, "SUMMARY numbering:")
+    assert re.search(r"new trial p50 @1000 / @10: optuna [\d.]+x, service [\d.]+x$", line), line

@@ -120,10 +120,11 @@ def test_curve_bests_are_filled_for_curves_stored_before_their_migration(new_dat
     storage.engine.dispose()
 
 
-def test_running_trials_are_found_through_their_partial_index(new_database: Callable[[], str]) -> None:
+def test_trials_are_found_through_migration_0007s_indexes(new_database: Callable[[], str]) -> None:
     """Migration 0007: the reaper's read of the studies with unleased RUNNING trials and Optuna's
-    read of a study's RUNNING trials (fail_stale_trials) use the partial index, not a scan of
-    every trial; the downgrade removes it."""
+    read of a study's RUNNING trials (fail_stale_trials) use the partial index; a new trial's
+    number and the view's refresh use (study_id, trial_id), with the statistics of an empty table
+    as with fresh ones. None of them scans every trial. The downgrade removes both."""
     from alembic import command
     from sqlalchemy import create_engine
 
@@ -136,6 +137,7 @@ def test_running_trials_are_found_through_their_partial_index(new_database: Call
     studies = [optuna.create_study(storage=storage, study_name=f"s{k}")._study_id for k in range(2)]
     storage.engine.dispose()
     with psycopg.connect(libpq_url) as conn:
+        conn.execute("ANALYZE trials")  # the statistics of the empty table
         for study_id in studies:
             conn.execute(
                 "INSERT INTO trials (number, study_id, state, datetime_start, datetime_complete) "
@@ -144,16 +146,24 @@ def test_running_trials_are_found_through_their_partial_index(new_database: Call
             )
             conn.execute("INSERT INTO trials (number, study_id, state, datetime_start) VALUES (5000, %s, 'RUNNING', now())", (study_id,))
         conn.commit()
-        conn.execute("ANALYZE trials")
+        newest = conn.execute("SELECT max(trial_id) FROM trials").fetchone()[0]
 
         def plan(sql: str, *params: object) -> str:
             return "\n".join(r[0] for r in conn.execute("EXPLAIN " + sql, params))
 
         reaper_read = "SELECT DISTINCT study_id FROM trials WHERE state = 'RUNNING'"
-        optuna_read = "SELECT trial_id FROM trials WHERE state = %s AND study_id = %s"
-        assert "hpo_ix_trials_running" in plan(reaper_read)
-        assert "hpo_ix_trials_running" in plan(optuna_read, "RUNNING", studies[1])
-        assert [r[0] for r in conn.execute(optuna_read, ("RUNNING", studies[1]))] != []
+        stale_read = "SELECT trial_id FROM trials WHERE state = %s AND study_id = %s"
+        number_read = "SELECT number FROM trials WHERE study_id = %s AND trial_id < %s ORDER BY trial_id DESC LIMIT 1"
+        refresh_read = "SELECT trial_id, state FROM trials WHERE study_id = %s AND (trial_id > %s OR trial_id = ANY(%s))"
+        for statistics in ("stale", "fresh"):
+            if statistics == "fresh":
+                conn.execute("ANALYZE trials")
+            assert "hpo_ix_trials_running" in plan(reaper_read), statistics
+            assert "hpo_ix_trials_running" in plan(stale_read, "RUNNING", studies[1]), statistics
+            assert "hpo_ix_trials_study_trial" in plan(number_read, studies[0], newest), statistics
+            refresh = plan(refresh_read, studies[1], newest - 3, [newest])
+            assert "Seq Scan" not in refresh and "ix_trials_study_id" not in refresh, (statistics, refresh)
+        assert [r[0] for r in conn.execute(number_read, (studies[0], newest))] == [5000]
 
     engine = create_engine(url)
     with engine.begin() as conn:
@@ -162,4 +172,4 @@ def test_running_trials_are_found_through_their_partial_index(new_database: Call
         command.downgrade(cfg, "0006")
     engine.dispose()
     with psycopg.connect(libpq_url) as conn:
-        assert conn.execute("SELECT to_regclass('hpo_ix_trials_running')").fetchone() == (None,)
+        assert conn.execute("SELECT to_regclass('hpo_ix_trials_running'), to_regclass('hpo_ix_trials_study_trial')").fetchone() == (None, None)
