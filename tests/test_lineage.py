@@ -176,3 +176,32 @@ def test_old_checkpoints_go_except_the_best_trials(short_lease_api: Any, make_to
     # (Other tests' old checkpoints in the shared database may go in the same pass.)
     assert removed >= 1
     assert sorted(p.name.split("-")[1] for p in tmp_path.iterdir()) == sorted(str(a["trial_id"]) for a in claimed[1:])
+
+    # The next ticks find trial 1's checkpoint again; the best is not read again until a trial
+    # completes (Optuna's read orders the study's trial values).
+    from sqlalchemy import event
+
+    from service.engine.storage import backend_of
+
+    best_reads: list[str] = []
+
+    def note(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "JOIN trial_values" in statement and "trial_values.value ASC" in statement:  # find_min_value_trial_id
+            best_reads.append(statement)
+
+    event.listen(backend_of(runtime.storage).engine, "before_cursor_execute", note)
+    try:
+        tidy = runtime.settings.model_copy(update={"checkpoint_retention_seconds": 0})
+        for _ in range(2):
+            with runtime.sessions.begin() as session:
+                checkpoints.tidy(session, runtime.storage, tidy)
+        assert best_reads == []
+        # Trial 2 completes better than trial 1: trial 1's checkpoint goes at the next tick.
+        a = claimed[2]
+        api.post(f"/api/v1/trials/{a['trial_id']}/finish", json={"lease_id": a["lease_id"], "state": "complete", "value": 0.05}, headers=auth(token))
+        with runtime.sessions.begin() as session:
+            checkpoints.tidy(session, runtime.storage, tidy)
+        assert len(best_reads) == 1
+    finally:
+        event.remove(backend_of(runtime.storage).engine, "before_cursor_execute", note)
+    assert [p.name.split("-")[1] for p in tmp_path.iterdir()] == [str(claimed[2]["trial_id"])]

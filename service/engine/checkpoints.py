@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from service.db import studies as study_rows
 from service.db.models import Checkpoint, Lease, StudyRecord
+from service.engine import coordination
 from service.engine.storage import optuna_errors
 from service.settings import Settings, artifact_dir
 
@@ -121,7 +122,6 @@ def tidy(session: Session, storage: BaseStorage, settings: Settings) -> int:
 
 
 def _best_trial_id(storage: BaseStorage, record: StudyRecord) -> int | None:
-    try:
-        return storage.get_best_trial(storage.get_study_id_from_name(record.optuna_name))._trial_id
-    except ValueError:  # no complete trial yet
-        return None
+    # Every reaper tick asks, for every study whose best trial keeps an old checkpoint; the
+    # flat view reads the best again only after a trial has completed.
+    return coordination.best_trial_id(storage, coordination.optuna_study_id(storage, record.id, record.optuna_name))

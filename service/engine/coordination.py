@@ -85,6 +85,9 @@ class StudyTrials:
     # locks the study's row until it commits), so they become visible in id order: every trial
     # of the study with a lower id has been seen.
     max_trial_id: int = -1
+    # The best COMPLETE trial's id, with the number of completed trials it was read at: it can
+    # change only when a trial completes (best_trial_id).
+    best: tuple[int, int | None] | None = None
     # Refreshes run their reads outside the lock, so several may be in flight; one that started
     # before the last one applied only adds what cannot go back (new trials, finished states).
     _started: int = 0
@@ -273,6 +276,27 @@ def study_trials(storage: BaseStorage, study_id: int, *, conn: Any = None) -> St
     trials = _registry.get(storage, study_id, refresh=False)
     trials.refresh_on(conn)
     return trials
+
+
+def best_trial_id(storage: BaseStorage, study_id: int) -> int | None:
+    """The id of the study's best COMPLETE trial (Optuna's get_best_trial), None before one
+    completes. Optuna reads it from every complete trial of the study; it is read again only
+    once another trial has completed since, so a caller that asks on every reaper tick (the
+    checkpoint tidy) pays for it once per completion, not once per tick."""
+    trials = study_trials(storage, study_id)
+    with trials.lock:
+        completed, known = len(trials.completed), trials.best
+    if known is not None and known[0] == completed:
+        return known[1]
+    try:
+        best: int | None = storage.get_best_trial(study_id)._trial_id
+    except ValueError:  # no complete trial yet
+        best = None
+    with trials.lock:
+        # A trial that completed after the count above may be in `best` already: kept with the
+        # older count, the next call reads it again, which costs a read and is never wrong.
+        trials.best = (completed, best)
+    return best
 
 
 def optuna_study_id(storage: BaseStorage, record_id: int, optuna_name: str) -> int:
