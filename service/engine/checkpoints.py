@@ -112,16 +112,13 @@ def tidy(session: Session, storage: BaseStorage, settings: Settings) -> int:
                 if not storage.get_trial(row.trial_id).state.is_finished():
                     continue
                 if row.study_id not in best:
-                    best[row.study_id] = _best_trial_id(storage, record)
+                    # The flat view reads a study's best again only after a trial has completed:
+                    # every tick asks, for every study whose best keeps an old checkpoint.
+                    study_id = coordination.optuna_study_id(storage, record.id, record.optuna_name)
+                    best[row.study_id] = coordination.best_trial_id(storage, study_id)
             if best[row.study_id] == row.trial_id:
                 continue
         _remove(store, row.artifact_id)
         session.delete(row)
         removed += 1
     return removed
-
-
-def _best_trial_id(storage: BaseStorage, record: StudyRecord) -> int | None:
-    # Every reaper tick asks, for every study whose best trial keeps an old checkpoint; the
-    # flat view reads the best again only after a trial has completed.
-    return coordination.best_trial_id(storage, coordination.optuna_study_id(storage, record.id, record.optuna_name))

@@ -68,7 +68,6 @@ class NumberingRDBStorage(optuna.storages.RDBStorage):
             select(t.number).where(t.study_id == study_id, t.trial_id < trial.trial_id).order_by(t.trial_id.desc()).limit(1)
         ).scalar()
         trial.number = 0 if previous is None else previous + 1
-        session.add(trial)
         return trial
 
 
