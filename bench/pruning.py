@@ -4,6 +4,12 @@ median pruner against no pruning, on the same sampler seeds.
 
     .venv/bin/python -m bench.pruning                 # demo size: 40 trials x 15 epochs, seeds 0 1 2
     .venv/bin/python -m bench.pruning --tiny          # 6 trials x 3 epochs, seed 0 (for the tests)
+    .venv/bin/python -m bench.pruning --seeds $(seq 100 119) --jobs 2 \
+        --pruner median:5:2 --pruner median:5:6 --pruner percentile:25:5:2   # several pruners, one run
+
+`--pruner` (repeatable) compares other settings of the service's pruners with the same no-pruning
+arm: `median[:STARTUP:WARMUP]` or `percentile:P[:STARTUP:WARMUP]`, each built from a study
+definition by the service's `build_pruner`. The summary line is the first pruner's.
 
 The study is exactly the demo's (`service.cli.up.demo_definition`): the digits MLP, its search
 space sampled define-by-run by the service's own `service.engine.factories.suggest`, TPE, and the
@@ -32,12 +38,16 @@ Prints a table per seed and ONE summary line:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import math
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -100,64 +110,118 @@ def run_arm(spec: StudySpec, seed: int, pruned: bool, device: str) -> Arm:
     return Arm(seed, pruned, counts["epochs"], best, complete, n_pruned, counts["diverged"], seconds)
 
 
+def parse_pruner(text: str) -> dict[str, Any]:
+    """`median[:STARTUP:WARMUP]` or `percentile:P[:STARTUP:WARMUP]`: a study definition's pruner."""
+    kind, *numbers = text.split(":")
+    try:
+        if kind == "percentile" and len(numbers) in (1, 3):
+            found: dict[str, Any] = {"kind": kind, "percentile": float(numbers[0])}
+            numbers = numbers[1:]
+        elif kind == "median" and len(numbers) in (0, 2):
+            found = {"kind": kind}
+        else:
+            raise ValueError(text)
+        if numbers:
+            found.update(n_startup_trials=int(numbers[0]), n_warmup_steps=int(numbers[1]))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected median[:STARTUP:WARMUP] or percentile:P[:STARTUP:WARMUP]") from None
+    return found
+
+
+def label(pruner: dict[str, Any]) -> str:
+    if pruner["kind"] == "none":
+        return "none"
+    head = f"p{pruner['percentile']:g}" if pruner["kind"] == "percentile" else "median"
+    return f"{head}:{pruner['n_startup_trials']}:{pruner['n_warmup_steps']}"
+
+
+def run_job(definition: dict[str, Any], seed: int, device: str, threads: int) -> Arm:
+    """One arm, in whichever process runs it (--jobs): a study's numbers depend only on its seed."""
+    torch.set_num_threads(threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = StudySpec.model_validate(definition)
+    return run_arm(spec, seed, spec.pruner.kind != "none", device)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=40, help="trials per study (the demo's 40)")
     parser.add_argument("--epochs", type=int, default=15, help="epochs per trial (the demo's 15)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="TPE sampler seeds")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, for stable timing)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="TPE sampler seeds (default 0 1 2; 0 with --tiny)")
+    parser.add_argument(
+        "--pruner",
+        type=parse_pruner,
+        action="append",
+        help="a pruner to compare with none, as median[:STARTUP:WARMUP] or percentile:P[:STARTUP:WARMUP] "
+        "(repeatable; default: the demo's; the summary line is the first one's)",
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="studies run at once, one process each (the seconds column is then shared time)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per study (default 1, for stable timing)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--tiny", action="store_true", help="6 trials x 3 epochs, seed 0 (for the tests)")
+    parser.add_argument("--tiny", action="store_true", help="6 trials x 3 epochs, seed 0 unless --seeds (for the tests)")
     args = parser.parse_args(argv)
     if args.tiny:
-        args.trials, args.epochs, args.seeds = 6, 3, [0]
-    torch.set_num_threads(args.threads)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-    spec = StudySpec.model_validate(demo_definition("bench-pruning", args.trials, args.epochs))
-    p = spec.pruner
+        args.trials, args.epochs = 6, 3
+    args.seeds = args.seeds or ([0] if args.tiny else [0, 1, 2])
+    demo = demo_definition("bench-pruning", args.trials, args.epochs)
+    pruners = [StudySpec.model_validate({**demo, "pruner": p}).pruner.model_dump() for p in args.pruner or [demo["pruner"]]]
+    arms_of = [*pruners, {"kind": "none"}]
     print(
-        f"pruning: digits MLP, demo space, {args.trials} trials x {args.epochs} epochs, seeds {args.seeds}, "
-        f"TPE; median(n_startup_trials={p.n_startup_trials}, n_warmup_steps={p.n_warmup_steps}) vs none; "
-        f"device {args.device}, {args.threads} thread(s)",
+        f"pruning: digits MLP, demo space, {args.trials} trials x {args.epochs} epochs, seeds {args.seeds}, TPE; "
+        f"{', '.join(label(p) for p in pruners)} (kind:n_startup_trials:n_warmup_steps) vs none; "
+        f"device {args.device}, {args.threads} thread(s), {args.jobs} job(s)",
         flush=True,
     )
-    header = f"{'seed':>4}  {'pruner':<6}  {'epochs':>6}  {'of max':>6}  {'best loss':>9}  {'complete':>8}  {'pruned':>6}  {'diverged':>8}  {'seconds':>7}"
+    header = f"{'seed':>4}  {'pruner':<14}  {'epochs':>6}  {'of max':>6}  {'best loss':>9}  {'complete':>8}  {'pruned':>6}  {'diverged':>8}  {'seconds':>7}"
     print(header)
     print("-" * len(header))
-    pairs: list[tuple[Arm, Arm]] = []
-    for seed in args.seeds:
-        arms = []
-        for pruned in (True, False):
-            arm = run_arm(spec, seed, pruned, args.device)
-            arms.append(arm)
-            print(
-                f"{seed:>4}  {'median' if pruned else 'none':<6}  {arm.epochs:>6}  {args.trials * args.epochs:>6}  "
-                f"{arm.best:>9.4f}  {arm.complete:>8}  {arm.pruned_trials:>6}  {arm.diverged:>8}  {arm.seconds:>7.1f}",
-                flush=True,
-            )
-        pairs.append((arms[0], arms[1]))
-
-    epoch_ratios = [a.epochs / b.epochs for a, b in pairs]
-    loss_ratios = [a.best / b.best for a, b in pairs if math.isfinite(a.best) and math.isfinite(b.best) and b.best > 0]
+    jobs = [(seed, p) for seed in args.seeds for p in arms_of]
+    with ProcessPoolExecutor(args.jobs) if args.jobs > 1 else contextlib.nullcontext() as pool:
+        run = functools.partial(_run, pool, args)
+        arms = {(seed, label(p)): arm for (seed, p), arm in zip(jobs, run([{**demo, "pruner": p} for _, p in jobs], [s for s, _ in jobs]))}
+    for seed, p in jobs:
+        arm = arms[seed, label(p)]
+        print(
+            f"{seed:>4}  {label(p):<14}  {arm.epochs:>6}  {args.trials * args.epochs:>6}  "
+            f"{arm.best:>9.4f}  {arm.complete:>8}  {arm.pruned_trials:>6}  {arm.diverged:>8}  {arm.seconds:>7.1f}"
+        )
     print("-" * len(header))
     mean = statistics.fmean
-    print(f"mean  median  {mean(a.epochs for a, _ in pairs):>6.1f}  {'':>6}  {mean(a.best for a, _ in pairs):>9.4f}")
-    print(f"mean  none    {mean(b.epochs for _, b in pairs):>6.1f}  {'':>6}  {mean(b.best for _, b in pairs):>9.4f}")
+    unpruned = [arms[seed, "none"].best for seed in args.seeds]
+    if len(unpruned) > 1 and all(math.isfinite(b) for b in unpruned):
+        # How far two studies without pruning land apart from seed to seed: the scale on which a
+        # best-loss ratio over a few seeds can be read.
+        print(f"none: best loss over seeds: mean {mean(unpruned):.4f}, spread (sd/mean) {statistics.stdev(unpruned) / mean(unpruned):.1%}")
+    summaries = []
+    for p in pruners:
+        pairs = [(arms[seed, label(p)], arms[seed, "none"]) for seed in args.seeds]
+        epoch_ratios = [a.epochs / b.epochs for a, b in pairs]
+        loss_ratios = [a.best / b.best for a, b in pairs if math.isfinite(a.best) and math.isfinite(b.best) and b.best > 0]
+        per_seed = ", ".join(f"{r:.2f}x" for r in epoch_ratios) + "; best loss " + ", ".join(f"{r:.3f}x" for r in loss_ratios)
+        print(f"{label(p)}/none per seed: epochs {per_seed}")
+        loss_part = f"{mean(loss_ratios):.2f}x" if loss_ratios else "n/a (a study completed no trial)"
+        if loss_ratios:
+            within = sum(r <= 1.02 for r in loss_ratios)
+            print(
+                f"{label(p)}/none: epochs {mean(epoch_ratios):.2f}x; best loss mean {mean(loss_ratios):.3f}x, "
+                f"median {statistics.median(loss_ratios):.3f}x, within 2 % (or better) in {within} of {len(loss_ratios)} seeds"
+            )
+        summaries.append((mean(epoch_ratios), loss_part))
+    n = len(args.seeds)
+    epochs, loss_part = summaries[0]
     print(
-        "per seed, pruned/unpruned: epochs "
-        + ", ".join(f"{r:.2f}x" for r in epoch_ratios)
-        + "; best loss "
-        + ", ".join(f"{r:.3f}x" for r in loss_ratios)
-    )
-    n = len(pairs)
-    loss_part = f"{mean(loss_ratios):.2f}x" if loss_ratios else "n/a (a study completed no trial)"
-    print(
-        f"SUMMARY pruning: epochs pruned/unpruned = {mean(epoch_ratios):.2f}x; "
+        f"SUMMARY pruning: epochs pruned/unpruned = {epochs:.2f}x; "
         f"best loss pruned/unpruned = {loss_part} (mean over {n} seed{'s' if n != 1 else ''})",
         flush=True,
     )
     return 0
+
+
+def _run(pool: ProcessPoolExecutor | None, args: argparse.Namespace, definitions: list[dict[str, Any]], seeds: list[int]) -> list[Arm]:
+    job = functools.partial(run_job, device=args.device, threads=args.threads)
+    if pool is None:
+        return [job(d, s) for d, s in zip(definitions, seeds)]
+    return list(pool.map(job, definitions, seeds))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,15 @@ def test_pruning_tiny() -> None:
     assert re.search(r"epochs pruned/unpruned = \d+\.\d+x; best loss pruned/unpruned = \S+", line), line
 
 
+def test_pruning_tiny_compares_several_pruners_in_processes() -> None:
+    out = run_bench("pruning", "--tiny", "--seeds", "0", "1", "--pruner", "median:1:1", "--pruner", "percentile:25:1:1", "--jobs", "2")
+    line = summary(out, "pruning")
+    assert re.search(r"epochs pruned/unpruned = \d+\.\d+x; best loss pruned/unpruned = \S+ \(mean over 2 seeds\)", line), line
+    for name in ("median:1:1", "p25:1:1"):
+        assert re.search(rf"^{name}/none: epochs \d+\.\d+x; best loss mean", out, re.MULTILINE), out
+    assert re.search(r"^none: best loss over seeds: mean", out, re.MULTILINE), out
+
+
 def test_trainer_speed_tiny() -> None:
     line = summary(run_bench("trainer_speed", "--tiny"), "trainer")
     assert re.search(r"at batch 32 \(cpu\) = \d+\.\d+x \(with the autograd step: \d+\.\d+x at batch 32\)", line), line

@@ -219,23 +219,31 @@ def test_the_fast_path_answers_as_the_route_does(settings: Settings, make_token:
         assert seen == {200, 401, 403, 404, 409, 422}
 
 
-def test_concurrent_reports_through_a_live_server_are_judged_as_optuna_judges_them(live_server: LiveServer, make_token: Any, team: str) -> None:
-    """Many workers at once (their reports share batches): every answer is MedianPruner's on the
-    completed trials and the trial's own curve so far."""
+WHEN = {"n_startup_trials": 2, "n_warmup_steps": 1, "interval_steps": 1, "n_min_trials": 1}
+JUDGES = {
+    "median": ({"kind": "median", **WHEN}, optuna.pruners.MedianPruner(**WHEN)),
+    "percentile": ({"kind": "percentile", "percentile": 25.0, **WHEN}, optuna.pruners.PercentilePruner(25.0, **WHEN)),
+}
+
+
+@pytest.mark.parametrize("kind", list(JUDGES))
+def test_concurrent_reports_through_a_live_server_are_judged_as_optuna_judges_them(live_server: LiveServer, make_token: Any, team: str, kind: str) -> None:
+    """Many workers at once (their reports share batches): every answer is Optuna's MedianPruner's
+    (or PercentilePruner's) on the completed trials and the trial's own curve so far."""
     admin, worker = make_token(team), make_token(team, "worker")
-    pruner_spec = {"kind": "median", "n_startup_trials": 2, "n_warmup_steps": 1, "interval_steps": 1, "n_min_trials": 1}
+    pruner_spec, pruner = JUDGES[kind]
     n_done, n_running, steps = 4, 12, 6
     with live_server.client(admin) as c:
-        c.post("/api/v1/studies", json=digits_definition("many", pruner=pruner_spec, budget={"n_trials": 100, "max_concurrent": 100})).raise_for_status()
+        c.post("/api/v1/studies", json=digits_definition(f"many-{kind}", pruner=pruner_spec, budget={"n_trials": 100, "max_concurrent": 100})).raise_for_status()
     rng = random.Random(7)
     completed = [[rng.uniform(0.2, 1.0) for _ in range(steps)] for _ in range(n_done)]
     with live_server.client(worker) as c:
         for curve in completed:
-            a = claim(c, worker, "many")
+            a = claim(c, worker, f"many-{kind}")
             for step, value in enumerate(curve, 1):
                 c.post(f"/api/v1/trials/{a['trial_id']}/report", json={"lease_id": a["lease_id"], "step": step, "value": value}).raise_for_status()
             c.post(f"/api/v1/trials/{a['trial_id']}/finish", json={"lease_id": a["lease_id"], "state": "complete", "value": min(curve)}).raise_for_status()
-        running = [claim(c, worker, "many") for _ in range(n_running)]
+        running = [claim(c, worker, f"many-{kind}") for _ in range(n_running)]
     curves_now = [[rng.uniform(0.1, 1.1) for _ in range(steps)] for _ in range(n_running)]
 
     def work(a: dict[str, Any], curve: list[float]) -> list[bool]:
@@ -246,16 +254,20 @@ def test_concurrent_reports_through_a_live_server_are_judged_as_optuna_judges_th
     with ThreadPoolExecutor(max_workers=n_running) as pool:
         answers = list(pool.map(work, running, curves_now))
 
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1, interval_steps=1, n_min_trials=1)
-    study = optuna.create_study(pruner=pruner)
-    for curve in completed:
-        study.add_trial(optuna.trial.create_trial(value=min(curve), intermediate_values=dict(enumerate(curve, 1))))
-    expected = [
-        [pruner.prune(study, optuna.trial.create_trial(state=TrialState.RUNNING, intermediate_values=dict(enumerate(curve[:k], 1)))) for k in range(1, steps + 1)]
-        for curve in curves_now
-    ]
-    assert answers == expected
+    def judged_by(judge: optuna.pruners.BasePruner) -> list[list[bool]]:
+        study = optuna.create_study(pruner=judge)
+        for curve in completed:
+            study.add_trial(optuna.trial.create_trial(value=min(curve), intermediate_values=dict(enumerate(curve, 1))))
+        return [
+            [judge.prune(study, optuna.trial.create_trial(state=TrialState.RUNNING, intermediate_values=dict(enumerate(curve[:k], 1)))) for k in range(1, steps + 1)]
+            for curve in curves_now
+        ]
+
+    assert answers == judged_by(pruner)
     assert any(any(a) for a in answers) and any(not all(a) for a in answers)  # both answers occur
+    # The kinds answer differently on these curves, so a study judged by the wrong kind fails.
+    others = [judge for name, (_, judge) in JUDGES.items() if name != kind]
+    assert all(judged_by(other) != answers for other in others)
 
 
 def _kept_bests(conn: Any, trial_ids: Any) -> dict[int, tuple[Any, ...]]:

@@ -13,7 +13,8 @@ from service.spec import (
     ConditionalParam,
     FloatParam,
     IntParam,
-    MedianPruner,
+    NoPruner,
+    PercentilePruner,
     StudySpec,
     active_order,
     defaults_for,
@@ -101,14 +102,14 @@ def build_sampler(spec: StudySpec, n_claimed: int) -> optuna.samplers.BaseSample
 
 def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     p = spec.pruner
-    if isinstance(p, MedianPruner):
-        return optuna.pruners.MedianPruner(
-            n_startup_trials=p.n_startup_trials,
-            n_warmup_steps=p.n_warmup_steps,
-            interval_steps=p.interval_steps,
-            n_min_trials=p.n_min_trials,
-        )
-    return optuna.pruners.NopPruner()
+    if isinstance(p, NoPruner):
+        return optuna.pruners.NopPruner()
+    when = dict(
+        n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps, interval_steps=p.interval_steps, n_min_trials=p.n_min_trials
+    )
+    if isinstance(p, PercentilePruner):
+        return optuna.pruners.PercentilePruner(p.percentile, **when)
+    return optuna.pruners.MedianPruner(**when)
 
 
 def load_study(

@@ -18,7 +18,7 @@ from service.spec.hyperparameters import (
     rules_for,
 )
 from service.spec.space import CategoricalParam, ConditionalParam, FloatParam, IntParam, Param, active_order
-from service.spec.study import NAME_PATTERN, NAME_RULE, Budget, MedianPruner, NoPruner, Sampler, StudySpec
+from service.spec.study import NAME_PATTERN, NAME_RULE, Budget, MedianPruner, NoPruner, PercentilePruner, Sampler, StudySpec
 from service.spec.workload import Workload
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "OPTIMIZERS",
     "Param",
     "ParamRule",
+    "PercentilePruner",
     "SCHEDULES",
     "Sampler",
     "StudySpec",
