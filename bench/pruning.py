@@ -41,6 +41,7 @@ import argparse
 import contextlib
 import functools
 import math
+import os
 import statistics
 import sys
 import time
@@ -52,6 +53,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+# As a worker trains (worker/cli.py): MKL's strict reproducibility, so that a study's numbers do
+# not depend on where its tensors happen to be allocated. Without it the trials' last bits, and so
+# the studies' TPE histories, differ from the workers' (docs/benchmarks.md, section c).
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 import optuna  # noqa: E402
 import torch  # noqa: E402
