@@ -38,7 +38,6 @@ Prints a table per seed and ONE summary line:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import math
 import os
@@ -182,9 +181,14 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     print("-" * len(header))
     jobs = [(seed, p) for seed in args.seeds for p in arms_of]
-    with ProcessPoolExecutor(args.jobs) if args.jobs > 1 else contextlib.nullcontext() as pool:
-        run = functools.partial(_run, pool, args)
-        arms = {(seed, label(p)): arm for (seed, p), arm in zip(jobs, run([{**demo, "pruner": p} for _, p in jobs], [s for s, _ in jobs]))}
+    definitions, seeds = [{**demo, "pruner": p} for _, p in jobs], [seed for seed, _ in jobs]
+    job = functools.partial(run_job, device=args.device, threads=args.threads)
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs) as pool:
+            results = list(pool.map(job, definitions, seeds))
+    else:
+        results = list(map(job, definitions, seeds))
+    arms = {(seed, label(p)): arm for (seed, p), arm in zip(jobs, results)}
     for seed, p in jobs:
         arm = arms[seed, label(p)]
         print(
@@ -221,13 +225,6 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     return 0
-
-
-def _run(pool: ProcessPoolExecutor | None, args: argparse.Namespace, definitions: list[dict[str, Any]], seeds: list[int]) -> list[Arm]:
-    job = functools.partial(run_job, device=args.device, threads=args.threads)
-    if pool is None:
-        return [job(d, s) for d, s in zip(definitions, seeds)]
-    return list(pool.map(job, definitions, seeds))
 
 
 if __name__ == "__main__":
