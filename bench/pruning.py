@@ -70,7 +70,6 @@ from worker.trainer import train  # noqa: E402
 @dataclass
 class Arm:
     seed: int
-    pruned: bool
     epochs: int  # epochs actually trained, summed over the trials
     best: float  # best value of the COMPLETE trials (inf if none completed)
     complete: int
@@ -79,11 +78,10 @@ class Arm:
     seconds: float
 
 
-def run_arm(spec: StudySpec, seed: int, pruned: bool, device: str) -> Arm:
+def run_arm(spec: StudySpec, seed: int, device: str) -> Arm:
     workload = spec.workload
     hp_base = {**defaults_for(workload.model), **workload.fixed}
-    pruner = build_pruner(spec) if pruned else optuna.pruners.NopPruner()
-    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner)
+    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed), pruner=build_pruner(spec))
     counts = {"epochs": 0, "diverged": 0}
 
     def objective(trial: optuna.Trial) -> float:
@@ -112,7 +110,7 @@ def run_arm(spec: StudySpec, seed: int, pruned: bool, device: str) -> Arm:
     complete = states.count(optuna.trial.TrialState.COMPLETE)
     n_pruned = states.count(optuna.trial.TrialState.PRUNED)
     best = study.best_value if complete else math.inf
-    return Arm(seed, pruned, counts["epochs"], best, complete, n_pruned, counts["diverged"], seconds)
+    return Arm(seed, counts["epochs"], best, complete, n_pruned, counts["diverged"], seconds)
 
 
 def parse_pruner(text: str) -> dict[str, Any]:
@@ -145,7 +143,7 @@ def run_job(definition: dict[str, Any], seed: int, device: str, threads: int) ->
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = StudySpec.model_validate(definition)
-    return run_arm(spec, seed, spec.pruner.kind != "none", device)
+    return run_arm(spec, seed, device)
 
 
 def main(argv: list[str] | None = None) -> int:
