@@ -9,7 +9,10 @@ median pruner against no pruning, on the same sampler seeds.
 
 `--pruner` (repeatable) compares other settings of the service's pruners with the same no-pruning
 arm: `median[:STARTUP:WARMUP]` or `percentile:P[:STARTUP:WARMUP]`, each built from a study
-definition by the service's `build_pruner`. The summary line is the first pruner's.
+definition by the service's `build_pruner`. The summary line is the first pruner's. To try a
+pruner the service does not offer (yet), `optuna:CLASS[:KEY=VALUE,...]` builds one of
+`optuna.pruners` directly, e.g. `optuna:SuccessiveHalvingPruner:min_resource=1,reduction_factor=2`
+(numbers only as values).
 
 The study is exactly the demo's (`service.cli.up.demo_definition`): the digits MLP, its search
 space sampled define-by-run by the service's own `service.engine.factories.suggest`, TPE, and the
@@ -78,10 +81,12 @@ class Arm:
     seconds: float
 
 
-def run_arm(spec: StudySpec, seed: int, device: str) -> Arm:
+def run_arm(spec: StudySpec, seed: int, device: str, pruner: optuna.pruners.BasePruner | None = None) -> Arm:
+    """`pruner`: instead of the one the service builds from the spec."""
     workload = spec.workload
     hp_base = {**defaults_for(workload.model), **workload.fixed}
-    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed), pruner=build_pruner(spec))
+    pruner = pruner or build_pruner(spec)
+    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner)
     counts = {"epochs": 0, "diverged": 0}
 
     def objective(trial: optuna.Trial) -> float:
@@ -114,9 +119,18 @@ def run_arm(spec: StudySpec, seed: int, device: str) -> Arm:
 
 
 def parse_pruner(text: str) -> dict[str, Any]:
-    """`median[:STARTUP:WARMUP]` or `percentile:P[:STARTUP:WARMUP]`: a study definition's pruner."""
+    """`median[:STARTUP:WARMUP]` or `percentile:P[:STARTUP:WARMUP]`: a study definition's pruner;
+    `optuna:CLASS[:KEY=VALUE,...]`: {"kind": "optuna", "class": CLASS, "kwargs": {...}}."""
     kind, *numbers = text.split(":")
     try:
+        if kind == "optuna" and len(numbers) in (1, 2):
+            name = numbers[0]
+            if not isinstance(getattr(optuna.pruners, name, None), type):
+                raise ValueError(text)
+            pairs = [item.split("=") for item in numbers[1].split(",")] if len(numbers) == 2 else []
+            kwargs = {key: _number(value) for key, value in pairs}
+            getattr(optuna.pruners, name)(**kwargs)  # a wrong keyword or value fails here, not in a job
+            return {"kind": kind, "class": name, "kwargs": kwargs}
         if kind == "percentile" and len(numbers) in (1, 3):
             found: dict[str, Any] = {"kind": kind, "percentile": float(numbers[0])}
             numbers = numbers[1:]
@@ -126,14 +140,23 @@ def parse_pruner(text: str) -> dict[str, Any]:
             raise ValueError(text)
         if numbers:
             found.update(n_startup_trials=int(numbers[0]), n_warmup_steps=int(numbers[1]))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected median[:STARTUP:WARMUP] or percentile:P[:STARTUP:WARMUP]") from None
+    except (ValueError, TypeError):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected median[:STARTUP:WARMUP], percentile:P[:STARTUP:WARMUP] or optuna:CLASS[:KEY=VALUE,...]"
+        ) from None
     return found
+
+
+def _number(text: str) -> int | float:
+    return int(text) if text.lstrip("-").isdigit() else float(text)
 
 
 def label(pruner: dict[str, Any]) -> str:
     if pruner["kind"] == "none":
         return "none"
+    if pruner["kind"] == "optuna":
+        short = pruner["class"].removesuffix("Pruner")
+        return ":".join([short, *(f"{value:g}" for value in pruner["kwargs"].values())])
     head = f"p{pruner['percentile']:g}" if pruner["kind"] == "percentile" else "median"
     return f"{head}:{pruner['n_startup_trials']}:{pruner['n_warmup_steps']}"
 
@@ -142,8 +165,11 @@ def run_job(definition: dict[str, Any], seed: int, device: str, threads: int) ->
     """One arm, in whichever process runs it (--jobs): a study's numbers depend only on its seed."""
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    spec = StudySpec.model_validate(definition)
-    return run_arm(spec, seed, device)
+    chosen = definition["pruner"]
+    if chosen["kind"] == "optuna":
+        spec = StudySpec.model_validate({**definition, "pruner": {"kind": "none"}})
+        return run_arm(spec, seed, device, getattr(optuna.pruners, chosen["class"])(**chosen["kwargs"]))
+    return run_arm(StudySpec.model_validate(definition), seed, device)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         "--pruner",
         type=parse_pruner,
         action="append",
-        help="a pruner to compare with none, as median[:STARTUP:WARMUP] or percentile:P[:STARTUP:WARMUP] "
-        "(repeatable; default: the demo's; the summary line is the first one's)",
+        help="a pruner to compare with none, as median[:STARTUP:WARMUP], percentile:P[:STARTUP:WARMUP] or "
+        "optuna:CLASS[:KEY=VALUE,...] (repeatable; default: the demo's; the summary line is the first one's)",
     )
     parser.add_argument("--jobs", type=int, default=1, help="studies run at once, one process each (the seconds column is then shared time)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per study (default 1, for stable timing)")
@@ -167,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         args.trials, args.epochs = 6, 3
     args.seeds = args.seeds or ([0] if args.tiny else [0, 1, 2])
     demo = demo_definition("bench-pruning", args.trials, args.epochs)
-    pruners = [StudySpec.model_validate({**demo, "pruner": p}).pruner.model_dump() for p in args.pruner or [demo["pruner"]]]
+    pruners = [p if p["kind"] == "optuna" else StudySpec.model_validate({**demo, "pruner": p}).pruner.model_dump() for p in args.pruner or [demo["pruner"]]]
     arms_of = [*pruners, {"kind": "none"}]
     print(
         f"pruning: digits MLP, demo space, {args.trials} trials x {args.epochs} epochs, seeds {args.seeds}, TPE; "
@@ -175,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         f"device {args.device}, {args.threads} thread(s), {args.jobs} job(s)",
         flush=True,
     )
-    header = f"{'seed':>4}  {'pruner':<14}  {'epochs':>6}  {'of max':>6}  {'best loss':>9}  {'complete':>8}  {'pruned':>6}  {'diverged':>8}  {'seconds':>7}"
+    header = f"{'seed':>4}  {'pruner':<22}  {'epochs':>6}  {'of max':>6}  {'best loss':>9}  {'complete':>8}  {'pruned':>6}  {'diverged':>8}  {'seconds':>7}"
     print(header)
     print("-" * len(header))
     jobs = [(seed, p) for seed in args.seeds for p in arms_of]
@@ -190,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed, p in jobs:
         arm = arms[seed, label(p)]
         print(
-            f"{seed:>4}  {label(p):<14}  {arm.epochs:>6}  {args.trials * args.epochs:>6}  "
+            f"{seed:>4}  {label(p):<22}  {arm.epochs:>6}  {args.trials * args.epochs:>6}  "
             f"{arm.best:>9.4f}  {arm.complete:>8}  {arm.pruned_trials:>6}  {arm.diverged:>8}  {arm.seconds:>7.1f}"
         )
     print("-" * len(header))

@@ -48,6 +48,25 @@ def test_pruning_tiny_compares_several_pruners_in_processes() -> None:
     assert re.search(r"^none: best loss over seeds: mean", out, re.MULTILINE), out
 
 
+def test_pruning_tiny_runs_a_pruner_optuna_has_and_the_service_does_not() -> None:
+    # A threshold of 0 prunes every trial at its first report, whatever the machine's numbers:
+    # the row shows the pruner named on the command line was the one the study ran.
+    out = run_bench("pruning", "--tiny", "--pruner", "optuna:ThresholdPruner:upper=0")
+    row = re.search(r"^\s*0  Threshold:0 +(\d+) +18 +\S+ +(\d+) +(\d+) ", out, re.MULTILINE)
+    assert row, out
+    epochs, complete, pruned = map(int, row.groups())
+    assert (complete, pruned) == (0, 6) and epochs <= 6, out
+    assert "best loss pruned/unpruned = n/a" in summary(out, "pruning")
+
+
+def test_pruning_rejects_an_unknown_optuna_pruner_keyword() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.pruning", "--tiny", "--pruner", "optuna:SuccessiveHalvingPruner:rungs=3"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2 and "optuna:SuccessiveHalvingPruner:rungs=3" in result.stderr, result.stderr
+
+
 def test_trainer_speed_tiny() -> None:
     line = summary(run_bench("trainer_speed", "--tiny"), "trainer")
     assert re.search(r"at batch 32 \(cpu\) = \d+\.\d+x \(with the autograd step: \d+\.\d+x at batch 32\)", line), line
