@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     arms_of = [*pruners, {"kind": "none"}]
     print(
         f"pruning: digits MLP, demo space, {args.trials} trials x {args.epochs} epochs, seeds {args.seeds}, TPE; "
-        f"{', '.join(label(p) for p in pruners)} (kind:n_startup_trials:n_warmup_steps) vs none; "
+        f"{', '.join(label(p) for p in pruners)} (kind:n_startup_trials:n_warmup_steps; optuna pruners as Class:values) vs none; "
         f"device {args.device}, {args.threads} thread(s), {args.jobs} job(s)",
         flush=True,
     )
