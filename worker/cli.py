@@ -44,15 +44,16 @@ def worker(
         Optional[list[str]],
         typer.Option(
             "--allow-plugin",
-            help="Run plugin workloads whose entry matches this fnmatch pattern, e.g. 'mypkg.*:train' "
-            "(repeatable; replaces env HPO_ALLOW_PLUGINS, a JSON list)",
+            help="Run plugin workloads whose entry (package.module:function, or an entry-point name) matches "
+            "this fnmatch pattern, e.g. 'mypkg.*:train'; the module must also lie inside its top-level "
+            "package's real directory (repeatable; replaces env HPO_ALLOW_PLUGINS, a JSON list)",
         ),
     ] = None,
     allow_command: Annotated[
         Optional[list[str]],
         typer.Option(
             "--allow-command",
-            help="Run command workloads whose real path matches this pattern, e.g. 'scripts/*.py' "
+            help="Run command workloads whose real path (an existing file) matches this pattern, e.g. 'scripts/*.py' "
             "(repeatable; relative to the working directory; replaces env HPO_ALLOW_COMMANDS)",
         ),
     ] = None,

@@ -1,12 +1,14 @@
 """`python -m worker.plugin_host ENTRY`: the child process a worker runs a plugin trial in.
 
-ENTRY is `package.module:function` (the function may be a dotted attribute path) or the name
-of an entry point in group `hpo.workloads`. The function is called with the SDK's trial
-(worker.sdk.current_trial()); a number it returns is the objective, None leaves the best
-reported value. An exception is sent to the worker with its class (exception, oom, data) and
-traceback before the process exits 1; TrialPruned (ours or any class of that name, such as
-optuna.TrialPruned) ends the trial as pruned. Being a separate process, a segfault or
-os.abort() here ends this trial only.
+ENTRY is `package.module:function` (one plain function name) or the name of an entry point in
+group `hpo.workloads`. Before anything is imported, the module's file and every package on the
+way must lie inside the real directory of its top-level package (worker.workloads.allow), and
+the function must be defined in that package; otherwise the trial fails `not_allowed`. The
+function is called with the SDK's trial (worker.sdk.current_trial()); a number it returns is
+the objective, None leaves the best reported value. An exception is sent to the worker with its
+class (exception, oom, data) and traceback before the process exits 1; TrialPruned (ours or any
+class of that name, such as optuna.TrialPruned) ends the trial as pruned. Being a separate
+process, a segfault or os.abort() here ends this trial only.
 
 The working directory is on sys.path (`-m` puts it there), so plugins next to the worker's
 working directory import without being installed.
@@ -15,29 +17,25 @@ working directory import without being installed.
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from worker.sdk import Trial, TrialPruned, current_trial
-from worker.workloads import describe, failure_reason
-
-GROUP = "hpo.workloads"
+from worker.workloads import allow, describe, failure_reason
 
 
 def load(entry: str) -> Callable[[Trial], Any]:
-    if ":" in entry:
-        module_name, _, attr = entry.partition(":")
-        target: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            target = getattr(target, part)
-    else:
-        found = importlib.metadata.entry_points(group=GROUP, name=entry)
-        if not found:
-            names = sorted(ep.name for ep in importlib.metadata.entry_points(group=GROUP))
-            raise LookupError(f"no entry point {entry!r} in group {GROUP}; installed: {names or 'none'}")
-        target = next(iter(found)).load()
+    module_name, attribute = allow.resolve_entry(entry)
+    # Checked before the import, with this process's own sys.path: the worker's check saw its
+    # view of the path, and an out-of-tree module's import-time code must never run.
+    origin = allow.plugin_origin(module_name)
+    module = importlib.import_module(module_name)
+    allow.require_loaded_from(module, origin)
+    target: Any = module
+    for part in attribute.split("."):  # one name for `module:function`; an entry point's may be dotted
+        target = getattr(target, part)
+    allow.require_defined_in(target, module_name, entry)
     if not callable(target):
         raise TypeError(f"{entry} is a {type(target).__name__}, not a function")
     return target
@@ -81,7 +79,8 @@ def _report_failure(trial: Trial, what: str, exc: BaseException) -> None:
     message = f"{what}: " + describe(exc.with_traceback(tb), with_traceback=tb is not None)
     print(message, file=sys.stderr)
     try:
-        trial._send({"op": "error", "reason": failure_reason(exc), "message": message})
+        reason = "not_allowed" if isinstance(exc, allow.NotAllowed) else failure_reason(exc)
+        trial._send({"op": "error", "reason": reason, "message": message})
     except Exception:  # the worker falls back on the exit status and stderr
         pass
 

@@ -176,7 +176,8 @@ def _create_in_database(team: str, role: str, name: str | None, expires_in_days:
     from service.db.teams import db_now, ensure_team, issue_token
     from service.spec import NAME_PATTERN, NAME_RULE
 
-    if not re.match(NAME_PATTERN, team):
+    # fullmatch: re.match with `$` would take "delta\n" (the newline would be part of the name).
+    if not re.fullmatch(NAME_PATTERN, team):
         raise typer.BadParameter(f"team names are {NAME_RULE}", param_hint="--team")
     settings = get_settings()
     engine = make_engine(resolve_database_url(settings), settings, application_name="hpo-cli")

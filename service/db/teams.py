@@ -7,6 +7,7 @@ expiry, and once revoked it stays in the table (revoked_at) so the audit trail c
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ from sqlalchemy.orm import Session
 
 from service.db import audit
 from service.db.models import ROLES, Team, Token
-from service.errors import Conflict, NotFound, Unauthorized
+from service.errors import Conflict, InvalidRequest, NotFound, Unauthorized
+from service.spec import NAME_PATTERN, NAME_RULE
 
 TOKEN_PREFIX = "hpo_"
 # last_used_at is written at most this often per token, not on every request.
@@ -32,6 +34,9 @@ def hash_token(token: str) -> str:
 
 
 def ensure_team(session: Session, name: str) -> Team:
+    # fullmatch, not match: `$` in NAME_PATTERN also matches before a trailing newline.
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise InvalidRequest(f"team names are {NAME_RULE}; got {name!r}")
     # ON CONFLICT keeps two concurrent bootstraps of the same team from failing.
     session.execute(insert(Team).values(name=name).on_conflict_do_nothing(index_elements=["name"]))
     return session.scalars(select(Team).where(Team.name == name)).one()

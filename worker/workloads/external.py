@@ -15,7 +15,8 @@ How the child's end becomes the trial's:
                       (pruned if the last report answered prune, or the code pruned itself;
                       failed `no_value` when nothing was reported)
     exit N > 0        failed `exit` with the stderr tail (`oom` when it ends in a MemoryError);
-                      the plugin host reports the exception itself: `exception`, `oom`, `data`
+                      the plugin host reports the exception itself: `exception`, `oom`, `data`,
+                      `not_allowed` (its own check of where the module lies)
     killed by signal  failed `crashed` (SIGABRT, SIGSEGV, ...)
     timeout           the process group is killed: failed `timeout`
     NaN/inf reported  pruned `diverged` (the process gets a short grace to exit, then is killed)
@@ -46,7 +47,15 @@ from service.spec import Assignment
 from worker.client import LeaseLost, ServiceClient
 from worker.outbox import Outbox
 from worker.workloads import ERROR_CHARS, TrialOutcome, describe, finite_metrics, tail
-from worker.workloads.allow import command_allowed, plugin_allowed, real_path
+from worker.workloads.allow import (
+    NotAllowed,
+    check_plugin_place,
+    command_allowed,
+    plugin_allowed,
+    plugin_search_path,
+    real_path,
+    split_entry,
+)
 
 log = logging.getLogger("hpo.worker")
 
@@ -55,7 +64,7 @@ POLL_SECONDS = 0.25
 # After SIGTERM (worker stopping) or a divergence, the child gets this long before SIGKILL.
 GRACE_SECONDS = 5.0
 MAX_USER_METRICS = 40
-KNOWN_REASONS = frozenset({"exception", "oom", "data"})  # what the plugin host may report
+KNOWN_REASONS = frozenset({"exception", "oom", "data", "not_allowed"})  # what the plugin host may report
 
 
 @dataclass
@@ -73,27 +82,52 @@ def child_argv(a: Assignment, policy: Policy, cwd: str | None = None) -> tuple[l
     w = a.workload
     if w.model == "plugin":
         assert w.entry is not None
-        if not plugin_allowed(w.entry, policy.allow_plugins):
-            return None, (
-                f"plugin entry {w.entry!r} is not allowed on this worker; allow it with "
-                f"--allow-plugin {w.entry!r} or HPO_ALLOW_PLUGINS='[\"{w.entry}\"]' (fnmatch patterns, "
-                f"e.g. 'mypkg.*:train'); allowed now: {policy.allow_plugins or 'none'}"
-            )
+        why = plugin_refusal(w.entry, policy, cwd)
+        if why is not None:
+            return None, why
         # The worker's own interpreter; `-m` puts the working directory on the child's sys.path.
         return [sys.executable, "-m", "worker.plugin_host", w.entry], None
     assert w.model == "command" and w.command is not None
     real = command_allowed(w.command, policy.allow_commands, cwd)
     if real is None:
-        return None, (
-            f"command {w.command!r} (real path {real_path(w.command, cwd)}) is not allowed on this worker; "
-            f"allow it with --allow-command PATTERN or HPO_ALLOW_COMMANDS='[\"PATTERN\"]' (glob on the real "
-            f"path, relative to the worker's directory, e.g. 'scripts/*.py'); "
-            f"allowed now: {policy.allow_commands or 'none'}"
-        )
+        return None, command_refusal(w.command, policy, cwd)
     # The path that was checked runs, not the one written: a symlink swapped later changes nothing.
     if real.endswith(".py"):
         return [sys.executable, real, *w.args], None
     return [real, *w.args], None
+
+
+def plugin_refusal(entry: str, policy: Policy, cwd: str | None = None) -> str | None:
+    """Why this worker refuses the plugin entry, or None. The plugin host checks the module's
+    place again with its own sys.path before importing it."""
+    how = (
+        f"allow it with --allow-plugin {entry!r} or HPO_ALLOW_PLUGINS='[\"{entry}\"]' (fnmatch patterns on "
+        f"`package.module:function`, e.g. 'mypkg.*:train'; the module must lie inside its package's real "
+        f"directory); allowed now: {policy.allow_plugins or 'none'}"
+    )
+    try:
+        split_entry(entry)
+    except NotAllowed as exc:
+        return str(exc)
+    if not plugin_allowed(entry, policy.allow_plugins):
+        return f"plugin entry {entry!r} is not allowed on this worker; {how}"
+    try:
+        check_plugin_place(entry, plugin_search_path(cwd))
+    except NotAllowed as exc:
+        return f"plugin entry {entry!r} is not allowed on this worker: {exc}"
+    return None
+
+
+def command_refusal(command: str, policy: Policy, cwd: str | None = None) -> str:
+    real = real_path(command, cwd)
+    if not os.path.isfile(real):
+        return f"command {command!r} (real path {real}) is not allowed on this worker: no such file"
+    return (
+        f"command {command!r} (real path {real}) is not allowed on this worker; "
+        f"allow it with --allow-command PATTERN or HPO_ALLOW_COMMANDS='[\"PATTERN\"]' (glob on the real "
+        f"path of an existing file, relative to the worker's directory, e.g. 'scripts/*.py'); "
+        f"allowed now: {policy.allow_commands or 'none'}"
+    )
 
 
 def child_env(a: Assignment, params: dict[str, Any], trial_file: str, fds: tuple[int, int]) -> dict[str, str]:
