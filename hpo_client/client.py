@@ -204,7 +204,12 @@ class Client:
         body (and a token may revoke itself), so there is nothing to return: see tokens()."""
         self._request("DELETE", "/".join(["/api/v1/tokens", quote(prefix, safe="")]))
 
-    def audit(self, limit: int = 100) -> list[AuditEvent]:
-        """The team's audit trail, newest first (at most `limit` events, 1-1000)."""
-        events = self._request("GET", "/api/v1/audit", params={"limit": limit}).json()["events"]
+    def audit(self, limit: int = 100, before_id: int | None = None) -> list[AuditEvent]:
+        """The team's audit trail, newest first (at most `limit` events, 1-1000). For older
+        events, pass the last event's id as `before_id`: `audit(before_id=events[-1].id)`;
+        an empty list means there are none."""
+        params: dict[str, Any] = {"limit": limit}
+        if before_id is not None:
+            params["before_id"] = before_id
+        events = self._request("GET", "/api/v1/audit", params=params).json()["events"]
         return [AuditEvent.model_validate(e) for e in events]

@@ -50,11 +50,24 @@ class LeaseLost(Conflict):
     code = "lease_lost"
 
 
+class StudyBroken(Conflict):
+    """The study cannot be served as stored (its definition no longer validates, ...)."""
+
+    code = "study_broken"
+
+
 class PayloadTooLarge(ServiceError):
     """The request body is over its size limit (HPO_MAX_BODY_BYTES, HPO_MAX_CHECKPOINT_BYTES)."""
 
     status_code = 413
     code = "payload_too_large"
+
+
+class RequestTimeout(ServiceError):
+    """The request body stopped arriving (HPO_BODY_TIMEOUT_SECONDS)."""
+
+    status_code = 408
+    code = "request_timeout"
 
 
 class UnsupportedMediaType(ServiceError):

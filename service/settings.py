@@ -52,6 +52,18 @@ class Settings(BaseSettings):
     cookie_secure: bool = True
     dashboard_session_seconds: float = Field(8 * 3600.0, gt=0)
 
+    # Refused tokens (401) a client address may cause per minute before its requests with
+    # credentials get 429 until the minute is over; 0 turns the limit off (service/api/auth_throttle.py).
+    auth_failures_per_minute: int = Field(120, ge=0)
+    # Plots and reports draw with matplotlib (and fANOVA): at most this many at once per API
+    # process; a request waits up to render_wait_seconds for its turn, then gets 503.
+    render_concurrency: int = Field(2, ge=1)
+    render_wait_seconds: float = Field(10.0, ge=0)
+    # A request body that stops arriving for this long is answered 408 and its connection closed.
+    body_timeout_seconds: float = Field(30.0, gt=0)
+    # /docs, /redoc and /openapi.json: open without a token (they hold no team data); false hides them.
+    api_docs: bool = True
+
     # Only for `hpo token create|list|revoke` through the API (the same names the worker reads).
     server_url: str | None = None
     token: str | None = None

@@ -101,7 +101,9 @@ def db_url(new_database: Callable[[], str]) -> str:
 
 @pytest.fixture(scope="session")
 def settings(db_url: str) -> Settings:
-    return Settings(database_url=db_url, lease_seconds=30, heartbeat_seconds=1)
+    # The route-security and fuzz tests send thousands of bad tokens on purpose through this
+    # in-process app; tests/test_redteam_limits.py checks the limit on refused tokens.
+    return Settings(database_url=db_url, lease_seconds=30, heartbeat_seconds=1, auth_failures_per_minute=0)
 
 
 @pytest.fixture(scope="session")
@@ -163,6 +165,13 @@ class LiveServer:
 
     def client(self, token: str) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+    def peak_rss_kb(self) -> int:
+        """The server process's peak resident memory so far (VmHWM), for memory bounds in tests."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmHWM in /proc/<pid>/status")
 
     def stop(self) -> None:
         self.process.terminate()

@@ -4,6 +4,7 @@ report fast path (service/api/report_fast_path.py): each report gets what it wou
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import threading
 from collections.abc import Iterator
@@ -183,7 +184,7 @@ def test_the_fast_path_answers_as_the_route_does(settings: Settings, make_token:
     """The same requests, with and without ReportFastPath in front of the route."""
     with_fast = create_app(settings)
     without = create_app(settings, report_fast_path=False)
-    assert isinstance(with_fast._entry, ReportFastPath) and not isinstance(without._entry, ReportFastPath)
+    assert isinstance(with_fast.fast_path, ReportFastPath) and without.fast_path is None
     admin, worker, viewer = make_token(team), make_token(team, "worker"), make_token(team, "viewer")
     with TestClient(with_fast, raise_server_exceptions=False) as fast, TestClient(without, raise_server_exceptions=False) as route:
         fast.post("/api/v1/studies", json=digits_definition("same", pruner={"kind": "median", "n_startup_trials": 0}), headers=auth(admin))
@@ -210,6 +211,12 @@ def test_the_fast_path_answers_as_the_route_does(settings: Settings, make_token:
             (path, {"json": {**body, "step": -1}, "headers": auth(viewer)}),
             (path, {"content": b"{not json", "headers": auth(worker)}),
             (path, {"content": b"[1, 2]", "headers": auth(worker)}),
+            # The red-team review's (findings 4 and 6): nested past the recursion limit, a step
+            # beyond Optuna's int4 column, a NUL in the lease; with and without a valid token.
+            (path, {"content": b'{"lease_id":"x","step":1,"value":' + b"[" * 100_000 + b"]" * 100_000 + b"}", "headers": auth(worker)}),
+            (path, {"content": b'{"lease_id":"x","step":1,"value":' + b"[" * 100_000 + b"]" * 100_000 + b"}", "headers": auth("nope")}),
+            (path, {"json": {**body, "step": 2**31}, "headers": auth(worker)}),
+            (path, {"content": json.dumps({**body, "lease_id": "x\u0000"}).encode(), "headers": auth(worker)}),
         ]
         seen = set()
         for url, request in cases:

@@ -144,16 +144,17 @@ class ServiceClient:
             a,
             "POST",
             "checkpoint",
-            params={"lease_id": a.lease_id, "step": step, "value": repr(float(value))},
+            # The lease in a header, not the query: it stays out of the API's access log.
+            params={"step": step, "value": repr(float(value))},
             content=data,
-            headers={"Content-Type": "application/octet-stream"},
+            headers={"Content-Type": "application/octet-stream", "X-HPO-Lease": a.lease_id},
             retry_for=retry_for,
         )
         return bool(response.json()["prune"])
 
     def fetch_checkpoint(self, a: Assignment, *, retry_for: float | None = None) -> tuple[int, bytes] | None:
         """The (step, bytes) this retried trial should resume from, or None when there is none."""
-        response = self._trial_call(a, "GET", "checkpoint", params={"lease_id": a.lease_id}, retry_for=retry_for)
+        response = self._trial_call(a, "GET", "checkpoint", headers={"X-HPO-Lease": a.lease_id}, retry_for=retry_for)
         if response.status_code == 204:
             return None
         step = response.headers.get("X-HPO-Step")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.responses import RedirectResponse
 from sqlalchemy import text
 from starlette.types import Receive, Scope, Send
 
@@ -16,7 +18,9 @@ from service.api.dashboard import Dashboard
 from service.api.deps import Runtime
 from service.api.limits import BodyLimit
 from service.api.report_batcher import ReportBatcher
+from service.api.auth_throttle import AuthThrottle
 from service.api.report_fast_path import ReportFastPath
+from service.api.request_guard import RequestGuard
 from service.db.session import make_engine, make_sessionmaker
 from service.engine.checkpoints import artifact_store
 from service.engine.reaper import Reaper
@@ -34,6 +38,7 @@ def build_runtime(settings: Settings) -> Runtime:
         sessions=make_sessionmaker(engine),
         storage=make_storage(settings.database_url, settings),
         store=artifact_store(settings),
+        renders=threading.BoundedSemaphore(settings.render_concurrency),
     )
 
 
@@ -64,12 +69,24 @@ class _Service(FastAPI):
     """FastAPI, with well-formed reports answered before its middleware stack and routing
     (service/api/report_fast_path.py); `report_fast_path=False` sends them to the route too."""
 
-    def __init__(self, *, max_body_bytes: int, report_fast_path: bool, **kwargs: Any) -> None:
+    def __init__(self, *, settings: Settings, report_fast_path: bool, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         stack = super().__call__
-        self._entry = ReportFastPath(stack, lambda: self.state.reports, max_body_bytes) if report_fast_path else stack
+        self.fast_path = (
+            ReportFastPath(stack, lambda: self.state.reports, settings.max_body_bytes, settings.body_timeout_seconds)
+            if report_fast_path
+            else None
+        )
+        # Outermost first: paths no route has (control characters), then refused tokens.
+        self._entry = RequestGuard(AuthThrottle(self.fast_path or stack, failures_per_minute=settings.auth_failures_per_minute))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == DASHBOARD_PREFIX:
+            # The one redirect the service makes, with a relative Location: Starlette's
+            # trailing-slash redirects are built from the Host header, which any client sets
+            # (the review's finding 16), so they are off (redirect_slashes below).
+            await RedirectResponse(DASHBOARD_PREFIX + "/", status_code=307)(scope, receive, send)
+            return
         await self._entry(scope, receive, send)
 
 
@@ -90,14 +107,19 @@ def create_app(settings: Settings | None = None, *, report_fast_path: bool = Tru
             runtime.engine.dispose()
 
     app = _Service(
-        max_body_bytes=settings.max_body_bytes,
+        settings=settings,
         report_fast_path=report_fast_path,
         title="hpo",
         version="0.1.0",
         summary="Hyperparameter optimization for PyTorch: studies in, trials out, Optuna on PostgreSQL underneath.",
         lifespan=lifespan,
+        # The API's documentation holds no team data; HPO_API_DOCS=false takes it off the server.
+        docs_url="/docs" if settings.api_docs else None,
+        redoc_url="/redoc" if settings.api_docs else None,
+        openapi_url="/openapi.json" if settings.api_docs else None,
     )
     _document_definition_schema(app)
+    app.router.redirect_slashes = False
     errors.install(app)
     app.include_router(studies.router)
     app.include_router(plots.router)
@@ -107,7 +129,10 @@ def create_app(settings: Settings | None = None, *, report_fast_path: bool = Tru
     # optuna-dashboard, behind a login with a team token (service/api/dashboard.py).
     app.mount(DASHBOARD_PREFIX, Dashboard(), name="dashboard")
     app.add_middleware(
-        BodyLimit, max_body_bytes=settings.max_body_bytes, max_checkpoint_bytes=settings.max_checkpoint_bytes
+        BodyLimit,
+        max_body_bytes=settings.max_body_bytes,
+        max_checkpoint_bytes=settings.max_checkpoint_bytes,
+        body_timeout_seconds=settings.body_timeout_seconds,
     )
 
     @app.get("/healthz", tags=["health"])

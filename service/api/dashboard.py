@@ -4,14 +4,17 @@
   member or admin; not worker) and sets a session cookie (`HttpOnly`, `SameSite=Strict`,
   `Secure` unless HPO_COOKIE_SECURE=false, path /dashboard). The cookie holds a random session
   id; the database keeps its hash (service/db/sessions.py). `POST /dashboard/logout` ends it.
+  Both refuse a cross-site request (service/api/dashboard_login.py).
 - Without a session: HTML pages redirect (303) to the login form, `/dashboard/api/...` is 401.
 - Each team gets its own optuna-dashboard app on a TeamStorage, so it lists only the team's
-  studies and answers 404 for anyone else's study or trial; the ids in the path are also
-  checked here before the dashboard sees the request.
-- Writes (any method but GET/HEAD) need member or admin: a viewer gets 403. Deleting a study
-  that the REST API created goes through the same code as `DELETE /api/v1/studies/{name}`
-  (our study row and the audit trail too); creating and renaming studies is left to the REST
-  API (a renamed Optuna study would lose its definition), so those answer 409.
+  studies and answers 404 for anyone else's study or trial.
+- Writes (any method but GET/HEAD) need member or admin (a viewer gets 403) and must not come
+  from another site (403).
+- Only the routes on the allow-list of service/api/dashboard_routes.py reach optuna-dashboard,
+  at their canonical path; service/api/dashboard_guard.py decides each request: 404 for what is
+  not on the list or not the team's, 409 for creating and renaming studies (the REST API's job:
+  a renamed Optuna study would lose its definition), our own audited delete for a study, and
+  checked, audited writes.
 
 optuna-dashboard expects to sit at the root of a host (it fetches `/api/...` and loads
 `/static/bundle.js`); the page served here loads the bundle from /dashboard/static and a small
@@ -19,44 +22,40 @@ script first that points the dashboard's `fetch` calls at /dashboard/api."""
 
 from __future__ import annotations
 
-import html
-import re
+import logging
 import threading
 from importlib.resources import files
-from urllib.parse import parse_qs
 
 import optuna_dashboard
 from a2wsgi import WSGIMiddleware
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from starlette.types import Receive, Scope, Send
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.types import Message, Receive, Scope, Send
 
+from service.api import dashboard_login
+from service.api.dashboard_guard import PREFIX, Event, Forward, decide, error, record
+from service.api.dashboard_login import COOKIE, cross_site, login_page
 from service.api.deps import Runtime
-from service.db import audit, sessions
-from service.db.studies import get_study
+from service.db import sessions
 from service.db.teams import Principal
-from service.engine import studies
 from service.engine.team_storage import TeamStorage
-from service.errors import ServiceError
 
-PREFIX = "/dashboard"
-COOKIE = "hpo_dashboard"
+__all__ = ["COOKIE", "PREFIX", "Dashboard"]
+
+log = logging.getLogger("hpo.dashboard")
+
 WRITERS = ("member", "admin")
+SAFE_METHODS = ("GET", "HEAD")
 # Paths the optuna-dashboard app itself answers; everything else is the single-page app.
 FORWARDED = ("/api/", "/static/", "/csv/", "/artifacts/")
-# The ids in the dashboard's paths: study ids, and trial ids (under /api/trials/ and as the
-# second number of /api/studies/<study>/<trial>/...).
-_STUDY_PATH = re.compile(r"^/(?:api/studies|api/artifacts|csv|artifacts)/(\d+)(?:/(\d+))?(?:/|$)")
-_TRIAL_PATH = re.compile(r"^/api/trials/(\d+)")
-_STUDY_DELETE = re.compile(r"^/api/studies/(\d+)$")
 
 # Loaded before the dashboard's bundle: its API client fetches absolute /api/... paths.
 PREFIX_JS = (
     "(function(){var f=window.fetch.bind(window);window.fetch=function(u,o){"
     "if(typeof u==='string'&&u.indexOf('/api/')===0){u='" + PREFIX + "'+u;}return f(u,o);};})();\n"
 )
-# optuna-dashboard's own Content-Security-Policy for its page.
+# optuna-dashboard's own Content-Security-Policy for its page, plus frame-ancestors.
 CSP = ";".join(
     [
         "default-src 'self'",
@@ -69,25 +68,7 @@ CSP = ";".join(
         "frame-ancestors 'none'",
     ]
 )
-
-LOGIN_PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>hpo dashboard: log in</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"></head>
-<body style="font-family: sans-serif; max-width: 32em; margin: 4em auto">
-<h1>hpo dashboard</h1>
-<p>Log in with a team token (role viewer, member or admin). The dashboard shows your team's studies only.</p>
-{error}
-<form method="post" action="{prefix}/login">
-<label for="token">Token</label><br>
-<input id="token" name="token" type="password" autocomplete="off" size="60" required autofocus><br><br>
-<button id="login" type="submit">Log in</button>
-</form>
-</body></html>
-"""
-
-
-def _error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+PAGE_HEADERS = {"Content-Security-Policy": CSP, "X-Frame-Options": "DENY", "Cache-Control": "no-store"}
 
 
 def _index_html() -> str:
@@ -124,54 +105,67 @@ class Dashboard:
     async def _answer(self, scope: Scope, receive: Receive, send: Send) -> Response | None:
         request = Request(scope, receive)
         runtime: Runtime = request.app.state.runtime
-        settings = runtime.settings
         path = scope["path"]
         path = path[path.index(PREFIX) + len(PREFIX) :] if PREFIX in path else path
         method = request.method
 
         if path == "/login":
-            if method in ("GET", "HEAD"):
-                return HTMLResponse(LOGIN_PAGE.format(error="", prefix=PREFIX), headers={"Cache-Control": "no-store"})
+            if method in SAFE_METHODS:
+                return login_page()
             if method == "POST":
-                return await self._login(request, runtime)
-            return _error(405, "method_not_allowed", "use GET or POST")
+                return await dashboard_login.login(request, runtime)
+            return error(405, "method_not_allowed", "use GET or POST")
         if path == "/logout":
             if method != "POST":
-                return _error(405, "method_not_allowed", "use POST")
-            raw = request.cookies.get(COOKIE)
-            if raw:
-                await run_in_threadpool(self._logout, runtime, raw)
-            response = RedirectResponse(f"{PREFIX}/login", status_code=303)
-            response.delete_cookie(COOKIE, path=PREFIX, secure=settings.cookie_secure, httponly=True, samesite="strict")
-            return response
+                return error(405, "method_not_allowed", "use POST")
+            return await dashboard_login.logout(request, runtime)
 
         caller = await run_in_threadpool(self._caller, runtime, request.cookies.get(COOKIE))
         if caller is None:
             if path.startswith("/api/"):
-                return _error(401, "unauthorized", f"log in at {PREFIX}/login first (no dashboard session, or it has ended)")
+                return error(401, "unauthorized", f"log in at {PREFIX}/login first (no dashboard session, or it has ended)")
             return RedirectResponse(f"{PREFIX}/login", status_code=303)
-        if method not in ("GET", "HEAD") and caller.role not in WRITERS:
-            return _error(403, "forbidden", f"{method} {PREFIX}{path} needs role member or admin; this token is {caller.role}")
+        if method not in SAFE_METHODS:
+            if caller.role not in WRITERS:
+                return error(403, "forbidden", f"{method} {PREFIX}{path} needs role member or admin; this token is {caller.role}")
+            refused = cross_site(request)
+            if refused is not None:
+                return refused
 
         if not path.startswith(FORWARDED) and path != "/favicon.ico":
-            if method not in ("GET", "HEAD"):
-                return _error(404, "not_found", f"no dashboard route {method} {PREFIX}{path}")
+            if method not in SAFE_METHODS:
+                return error(404, "not_found", f"no dashboard route {method} {PREFIX}{path}")
             if self._index is None:
                 self._index = _index_html()
-            return HTMLResponse(self._index, headers={"Content-Security-Policy": CSP, "Cache-Control": "no-store"})
+            return HTMLResponse(self._index, headers=PAGE_HEADERS)
         if path == "/static/hpo-prefix.js":
             return Response(PREFIX_JS, media_type="text/javascript")
 
         storage, app = self._team_app(runtime, caller.team.name)
-        refused = await run_in_threadpool(self._refuse, runtime, storage, caller, method, path)
-        if refused is not None:
-            return refused
-        # optuna-dashboard answers the rest, as if it sat at the root of the host.
+        body = await request.body() if method not in SAFE_METHODS else b""
+        decision = await run_in_threadpool(
+            decide, runtime, storage, caller, method, path, request.query_params, request.headers.get("content-type"), body
+        )
+        if isinstance(decision, Response):
+            return decision
+        await self._forward(scope, receive, send, app, decision, runtime, caller)
+        return None
+
+    async def _forward(
+        self, scope: Scope, receive: Receive, send: Send, app: WSGIMiddleware, decision: Forward, runtime: Runtime, caller: Principal
+    ) -> None:
+        """optuna-dashboard answers, as if it sat at the root of the host, at the canonical path
+        and with the checked body; a 2xx answer to a write is audited before it is sent on."""
         root = scope.get("root_path", "")
         root = root[: root.index(PREFIX)] if PREFIX in root else root
-        inner = dict(scope, root_path=root + PREFIX, path=root + PREFIX + path)
-        await app(inner, receive, send)
-        return None
+        full = root + PREFIX + decision.path
+        inner = dict(scope, root_path=root + PREFIX, path=full, raw_path=full.encode())
+        if decision.body is not None:
+            headers = [(k, v) for k, v in scope["headers"] if k.lower() not in (b"content-length", b"content-type", b"transfer-encoding")]
+            headers += [(b"content-type", b"application/json"), (b"content-length", str(len(decision.body)).encode())]
+            inner["headers"] = headers
+            receive = _replay(decision.body, receive)
+        await app(inner, receive, _audited(send, decision.event, runtime, caller))
 
     # ------------------------------------------------------------------ blocking helpers (threads)
 
@@ -181,64 +175,31 @@ class Dashboard:
         with runtime.transaction() as session:
             return sessions.principal(session, raw)
 
-    def _logout(self, runtime: Runtime, raw: str) -> None:
-        with runtime.transaction() as session:
-            sessions.logout(session, raw)
 
-    async def _login(self, request: Request, runtime: Runtime) -> Response:
-        body = (await request.body()).decode("utf-8", "replace")
-        token = (parse_qs(body).get("token") or [""])[0].strip()
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """The request body, already read (and checked), once more for optuna-dashboard."""
+    sent = False
 
-        def _open() -> tuple[str, Principal]:
-            with runtime.transaction() as session:
-                return sessions.login(session, token, runtime.settings.dashboard_session_seconds)
+    async def again() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # after the body: wait for the disconnect, as a server would
 
-        try:
-            if not token:
-                raise _LoginRefused(401, "enter a token")
-            raw, _ = await run_in_threadpool(_open)
-        except (ServiceError, _LoginRefused) as exc:
-            status = exc.status_code if isinstance(exc, ServiceError) else exc.status
-            message = f'<p id="error" style="color: #b00">{html.escape(exc.detail)}</p>'
-            return HTMLResponse(LOGIN_PAGE.format(error=message, prefix=PREFIX), status_code=status)
-        response = RedirectResponse(f"{PREFIX}/", status_code=303)
-        response.set_cookie(
-            COOKIE,
-            raw,
-            max_age=int(runtime.settings.dashboard_session_seconds),
-            path=PREFIX,
-            secure=runtime.settings.cookie_secure,
-            httponly=True,
-            samesite="strict",
-        )
-        return response
-
-    def _refuse(self, runtime: Runtime, storage: TeamStorage, caller: Principal, method: str, path: str) -> Response | None:
-        """404 for another team's study or trial, 409 for what only the REST API does, and our own
-        delete for a study the REST API created; None: let the dashboard answer."""
-        missing = _error(404, "not_found", f"no such study or trial: {PREFIX}{path}")
-        if (m := _STUDY_PATH.match(path)) is not None:
-            if not storage.owns_study(int(m.group(1))):
-                return missing
-            if m.group(2) is not None and "/preference/" not in path and not storage.owns_trial(int(m.group(2))):
-                return missing
-        if (m := _TRIAL_PATH.match(path)) is not None and not storage.owns_trial(int(m.group(1))):
-            return missing
-        if method == "POST" and (path == "/api/studies" or path.endswith("/rename")):
-            return _error(409, "conflict", "studies are created and named through the REST API (POST /api/v1/studies), not in the dashboard")
-        if method == "DELETE" and (m := _STUDY_DELETE.match(path)) is not None:
-            with runtime.transaction() as session:
-                name = storage.get_study_name_from_id(int(m.group(1)))
-                record = get_study(session, caller.team.id, name.split("/", 1)[1], lock=True)
-                if record is None:
-                    return None  # made outside the REST API: the dashboard deletes it itself
-                audit.record(session, caller.team.id, "study.delete", record.name, actor=caller.prefix, role=caller.role, detail={"optuna_name": name, "via": "dashboard"})
-                studies.delete(session, runtime.storage, record)
-            return Response(status_code=204)
-        return None
+    return again
 
 
-class _LoginRefused(Exception):
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.detail = status, detail
+def _audited(send: Send, event: Event | None, runtime: Runtime, caller: Principal) -> Send:
+    if event is None:
+        return send
+
+    async def audited_send(message: Message) -> None:
+        if message["type"] == "http.response.start" and 200 <= message["status"] < 300:
+            try:
+                await run_in_threadpool(record, runtime, caller, event)
+            except Exception:  # the write is done; the log keeps what the trail could not
+                log.exception("could not audit %s by %s on %s: %s", event.action, caller.prefix, event.target, event.detail)
+        await send(message)
+
+    return audited_send

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
@@ -19,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.teams import Principal, authenticate
 from service.engine.checkpoints import ArtifactStore
-from service.errors import Forbidden, Unauthorized
+from service.errors import Forbidden, ServiceUnavailable, Unauthorized
 from service.settings import Settings
 
 
@@ -35,12 +36,26 @@ class Runtime:
     sessions: sessionmaker[Session]
     storage: BaseStorage
     store: ArtifactStore
+    # Turns at drawing plots and reports (settings.render_concurrency): see `drawing`.
+    renders: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(2))
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """The request boundary: commit on success, roll back on any error."""
         with self.sessions.begin() as session:
             yield session
+
+    @contextmanager
+    def drawing(self) -> Iterator[None]:
+        """A turn at CPU-heavy drawing (matplotlib, fANOVA), or 503 after render_wait_seconds:
+        one viewer asking for many reports at once must not slow every other route of the
+        process (the review's finding 15), the worker protocol included."""
+        if not self.renders.acquire(timeout=self.settings.render_wait_seconds):
+            raise ServiceUnavailable(f"{self.settings.render_concurrency} plots or reports are being drawn already; retry shortly")
+        try:
+            yield
+        finally:
+            self.renders.release()
 
 
 # async where a dependency does no I/O: FastAPI runs a plain `def` dependency on its thread pool,

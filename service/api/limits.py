@@ -6,23 +6,25 @@ Content-Length that lies) as soon as the bytes received pass the limit."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PayloadTooLarge
+from service.errors import PayloadTooLarge, RequestTimeout
 
 # The checkpoint upload is the one route with a large body: model and optimizer state.
 CHECKPOINT_ROUTE = re.compile(r"^/api/v1/trials/[^/]+/checkpoint/?$")
 
 
 class BodyLimit:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, max_checkpoint_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, max_checkpoint_bytes: int, body_timeout_seconds: float = 30.0) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.max_checkpoint_bytes = max_checkpoint_bytes
+        self.body_timeout_seconds = body_timeout_seconds
 
     def limit_for(self, scope: Scope) -> tuple[int, str]:
         if scope["method"] == "POST" and CHECKPOINT_ROUTE.match(scope["path"]):
@@ -41,27 +43,35 @@ class BodyLimit:
             return
 
         received = 0
-        exceeded = False
+        refused: PayloadTooLarge | RequestTimeout | None = None
         started = False
+        complete = False
 
         async def counting_receive() -> Message:
-            nonlocal received, exceeded
-            message = await receive()
+            nonlocal received, refused, complete
+            if complete:
+                return await receive()  # after the body: a wait for the disconnect, unbounded
+            try:
+                message = await receive_within(receive, self.body_timeout_seconds)
+            except RequestTimeout as exc:
+                refused = exc
+                raise
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
                 if received > limit:
-                    exceeded = True
+                    refused = error
                     raise error
             return message
 
         async def guarded_send(message: Message) -> None:
             nonlocal started
-            if exceeded:
+            if refused is not None:
                 # The route's body read failed; whatever the app makes of that (FastAPI turns a
-                # failed read into a 400), the answer is our 413.
+                # failed read into a 400), the answer is our 413 (or 408).
                 if not started:
                     started = True
-                    await _refuse(send, error)
+                    await _refuse(send, refused)
                 return
             if message["type"] == "http.response.start":
                 started = True
@@ -69,12 +79,22 @@ class BodyLimit:
 
         try:
             await self.app(scope, counting_receive, guarded_send)
-        except PayloadTooLarge:
-            if not exceeded:
+        except (PayloadTooLarge, RequestTimeout):
+            if refused is None:
                 raise
             if not started:
                 started = True
-                await _refuse(send, error)
+                await _refuse(send, refused)
+
+
+async def receive_within(receive: Receive, seconds: float) -> Message:
+    """The next message of a request body, or RequestTimeout when none comes for `seconds`: a
+    client that stops sending in mid-body would otherwise hold its connection (and, on the
+    report path, a batch slot) for as long as it likes."""
+    try:
+        return await asyncio.wait_for(receive(), seconds)
+    except asyncio.TimeoutError:
+        raise RequestTimeout(f"no part of the request body arrived for {seconds:g} s (HPO_BODY_TIMEOUT_SECONDS)") from None
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -87,7 +107,7 @@ def _content_length(scope: Scope) -> int | None:
         return None
 
 
-async def _refuse(send: Send, error: PayloadTooLarge) -> None:
+async def _refuse(send: Send, error: PayloadTooLarge | RequestTimeout) -> None:
     body = json.dumps({"error": error.code, "detail": error.detail}).encode()
     headers: list[tuple[bytes, bytes]] = [
         (b"content-type", b"application/json"),

@@ -33,7 +33,8 @@ def get_plot(name: str, kind: plots.PlotKind, runtime: RuntimeDep, caller: Reade
     `parallel` (parallel coordinates). Role: viewer, member or admin."""
     with runtime.transaction() as session:
         inputs = plots.load(runtime.storage, studies.get(session, caller.team, name))
-    png = plots.render(kind, inputs.spec, inputs.trials, inputs.extra)
+    with runtime.drawing():
+        png = plots.render(kind, inputs.spec, inputs.trials, inputs.extra)
     return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
 
 
@@ -49,5 +50,6 @@ def get_report(name: str, runtime: RuntimeDep, caller: Reader) -> HTMLResponse:
         record = studies.get(session, caller.team, name)
         summary = studies.summary(session, runtime.storage, record)
         inputs = plots.load(runtime.storage, record)
-    page = report.build(summary, inputs)
+    with runtime.drawing():
+        page = report.build(summary, inputs)
     return HTMLResponse(page, headers={"Content-Security-Policy": report.CSP, "Cache-Control": "no-store"})

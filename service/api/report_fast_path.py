@@ -22,9 +22,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.deps import WORKER_ROLES, authorize
 from service.api.errors import error_response
+from service.api.limits import receive_within
 from service.api.report_batcher import ReportBatcher
 from service.api.schemas import ReportRequest
 from service.engine.report_batch import PendingReport
+from service.errors import RequestTimeout
 
 REPORT_PATH = re.compile(r"/api/v1/trials/([0-9]{1,9})/report")
 ROUTE = "POST /api/v1/trials/{trial_id}/report"
@@ -39,10 +41,11 @@ class ReportFastPath:
     """The ASGI entry of the app (service/api/app.py): reports it can answer, it answers;
     everything else goes to `app`, FastAPI's own stack. `reports()` is the app's batcher."""
 
-    def __init__(self, app: ASGIApp, reports: Callable[[], ReportBatcher], max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, reports: Callable[[], ReportBatcher], max_body_bytes: int, body_timeout_seconds: float = 30.0) -> None:
         self.app = app
         self.reports = reports
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_seconds = body_timeout_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         found = REPORT_PATH.fullmatch(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
@@ -54,7 +57,11 @@ class ReportFastPath:
             return
         chunks, more = [], True
         while more:
-            message = await receive()
+            try:
+                message = await receive_within(receive, self.body_timeout_seconds)
+            except RequestTimeout as exc:
+                await error_response(exc, "POST", scope["path"])(scope, receive, send)
+                return
             if message["type"] != "http.request":  # the client went away: the route says so
                 await self.app(scope, _replay(b"".join(chunks), receive, message), send)
                 return
@@ -63,7 +70,7 @@ class ReportFastPath:
         raw = b"".join(chunks)
         try:
             body = ReportRequest.model_validate(json.loads(raw))
-        except (ValueError, ValidationError):
+        except (ValueError, ValidationError, RecursionError):
             await self.app(scope, _replay(raw, receive), send)  # 401, 403, then 422: the route's order
             return
         pending = PendingReport(token, int(found.group(1)), body.lease_id, body.step, body.value, authorize=_authorize)

@@ -4,14 +4,36 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from service.db.models import ROLES
 from service.spec import FinishState
+from service.spec.limits import bad_text, clean_text
 
 Role = Literal[ROLES]  # type: ignore[valid-type]
+# Optuna's step column (trial_intermediate_values.step) is a 4-byte integer.
+MAX_STEP = 2**31 - 1
+
+
+def _refuse_bad_text(value: str) -> str:
+    why = bad_text(value)
+    if why is not None:
+        raise ValueError(f"text {why}")
+    return value
+
+
+def _clean(value: Any) -> Any:
+    return clean_text(value) if isinstance(value, str) else value
+
+
+# A string the service stores or compares in SQL: PostgreSQL refuses NUL (and jsonb lone
+# surrogates), which used to surface as a 500 DataError (the review's finding 5).
+Text = Annotated[str, AfterValidator(_refuse_bad_text)]
+# Text a worker relays from a trial (a crashing library's stderr): stored with what PostgreSQL
+# refuses replaced by U+FFFD, never refused, so that a finish cannot fail on it.
+RelayedText = Annotated[str, BeforeValidator(_clean)]
 
 
 class BestTrial(BaseModel):
@@ -25,10 +47,15 @@ class Diagnosis(BaseModel):
     hints: list[str] = Field(description="plain advice drawn from the diagnoses")
 
 
+class Broken(BaseModel):
+    reason: str = Field(description="what failed, e.g. the stored definition no longer validates, or its Optuna study is gone")
+    since: datetime | None = Field(description="when a claim last failed on it (null: found while reading it)")
+
+
 class StudyPublic(BaseModel):
     name: str
     optuna_name: str = Field(description="The name in Optuna's storage and optuna-dashboard: <team>/<study>")
-    state: str = Field(description="running, stopped or finished")
+    state: str = Field(description="running, stopped, finished, or broken (see `broken`)")
     direction: str
     n_trials: int
     counts: dict[str, int] = Field(description="trials by Optuna state")
@@ -48,6 +75,11 @@ class StudyPublic(BaseModel):
     lr_range: dict[str, Any] | None = Field(
         None,
         description="auto_lr_range: status (pending, narrowed, failed), original and narrowed lr range, the range test's study",
+    )
+    broken: Broken | None = Field(
+        None,
+        description="set when the study cannot be served: claims skip it for a minute at a time and the other studies "
+        "go on; delete it, or fix what the reason names",
     )
 
 
@@ -83,16 +115,16 @@ class TrialsPublic(BaseModel):
 
 
 class ClaimRequest(BaseModel):
-    worker_id: str = Field(min_length=1, max_length=200)
-    studies: list[str] | None = Field(None, description="claim only from these studies of the team")
+    worker_id: Text = Field(min_length=1, max_length=200)
+    studies: list[Text] | None = Field(None, max_length=1000, description="claim only from these studies of the team")
 
 
 class LeaseRequest(BaseModel):
-    lease_id: str = Field(min_length=1, max_length=36)
+    lease_id: Text = Field(min_length=1, max_length=36)
 
 
 class ReportRequest(LeaseRequest):
-    step: int = Field(ge=0)
+    step: int = Field(ge=0, le=MAX_STEP)
     value: float = Field(allow_inf_nan=False, description="finite; a worker handles a NaN loss itself (divergence)")
 
 
@@ -103,13 +135,13 @@ class ReportResponse(BaseModel):
 class FinishRequest(LeaseRequest):
     state: FinishState
     value: float | None = Field(None, allow_inf_nan=False)
-    error: str | None = Field(None, max_length=10_000)
+    error: RelayedText | None = Field(None, max_length=10_000)
     reason: str | None = Field(
         None,
         pattern=r"^[a-z_]{1,40}$",
         description="why the trial ended, as a short code: diverged, oom, timeout, not_allowed, exception, ...",
     )
-    metrics: dict[str, float] | None = Field(None, max_length=50, description="e.g. val_accuracy; stored on the trial")
+    metrics: dict[RelayedText, float] | None = Field(None, max_length=50, description="e.g. val_accuracy; stored on the trial")
 
     @field_validator("metrics")
     @classmethod
@@ -146,7 +178,7 @@ class TokenCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Role = Field(description="admin, member, worker or viewer (see the README's Security section)")
-    name: str | None = Field(None, min_length=1, max_length=200, description="what the token is for, e.g. 'gpu-box-3 workers'")
+    name: Text | None = Field(None, min_length=1, max_length=200, description="what the token is for, e.g. 'gpu-box-3 workers'")
     expires_in_days: int | None = Field(None, ge=1, le=3650, description="the token stops working after this many days")
     expires_at: datetime | None = Field(None, description="or: when it stops working (ISO 8601; UTC when no offset is given)")
 
@@ -191,13 +223,22 @@ class TokensPublic(BaseModel):
 
 class AuditEventPublic(BaseModel):
     id: int
-    at: datetime
+    at: datetime = Field(description="when it happened; for dashboard.login, the first login of its window")
     actor: str | None = Field(description="the acting token's prefix; null for `hpo token create` on the server host")
     role: str | None = Field(description="the acting token's role")
-    action: str = Field(description="study.create, study.stop, study.delete, token.create, token.revoke or dashboard.login")
+    action: str = Field(
+        description="study.create, study.stop, study.delete (detail.via is 'dashboard' for a delete in the dashboard), "
+        "token.create, token.revoke; dashboard.login (one event per token per hour: detail.count logins since `at`, "
+        "the latest at detail.last_at); and the dashboard's writes: dashboard.tell, dashboard.user_attrs, "
+        "dashboard.study_note, dashboard.trial_note, dashboard.preference, dashboard.preference_remove, "
+        "dashboard.preference_restore, dashboard.feedback_component, dashboard.skip"
+    )
     target: str = Field(description="the study's name or the token's prefix")
     detail: dict[str, Any]
 
 
 class AuditPublic(BaseModel):
     events: list[AuditEventPublic]
+    next_before_id: int | None = Field(
+        description="pass as `before_id` to get the next, older page; null when there are no older events"
+    )

@@ -16,6 +16,7 @@ from service.db.teams import Principal
 from service.engine import studies
 from service.errors import InvalidRequest, UnsupportedMediaType
 from service.spec import StudySpec
+from service.spec.limits import MAX_DEPTH, check_document
 from service.spec.lint import lint
 
 router = APIRouter(prefix="/api/v1/studies", tags=["studies"])
@@ -27,6 +28,7 @@ _DEFINITION_SCHEMA = {"$ref": "#/components/schemas/StudySpec"}
 def parse_definition(raw: bytes, content_type: str) -> StudySpec:
     """The same schema whether the definition arrives as JSON or YAML."""
     media = content_type.split(";")[0].strip().lower()
+    kind = "YAML" if media in YAML_TYPES else "JSON"
     try:
         if media in YAML_TYPES:
             data: Any = yaml.safe_load(raw.decode("utf-8"))
@@ -35,9 +37,17 @@ def parse_definition(raw: bytes, content_type: str) -> StudySpec:
         else:
             raise UnsupportedMediaType(f"Content-Type must be application/json or application/yaml, not '{media}'")
     except (ValueError, yaml.YAMLError) as exc:
-        raise InvalidRequest(f"body: not valid {'YAML' if media in YAML_TYPES else 'JSON'}: {exc}") from exc
+        raise InvalidRequest(f"body: not valid {kind}: {exc}") from exc
+    except RecursionError as exc:
+        # Both parsers recurse per level: JSON 100,000 deep, YAML 1,000 (the review's finding 4).
+        raise InvalidRequest(f"body: the {kind} nests more than {MAX_DEPTH} levels deep") from exc
     if not isinstance(data, dict):
         raise InvalidRequest("body: the study definition must be a mapping (a JSON object or a YAML mapping)")
+    try:
+        # Before pydantic, which recurses too; and no NUL or lone surrogate reaches PostgreSQL.
+        check_document(data)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from exc
     return StudySpec.model_validate(data)
 
 
@@ -74,14 +84,14 @@ def list_studies(runtime: RuntimeDep, caller: Reader) -> dict[str, Any]:
     """The team's studies. Role: viewer, member or admin."""
     with runtime.transaction() as session:
         records = studies.list_for_team(session, caller.team)
-        return {"studies": [studies.summary(session, runtime.storage, r) for r in records]}
+        return {"studies": [studies.summary_or_broken(session, runtime.storage, r) for r in records]}
 
 
 @router.get("/{name}", response_model=StudyPublic)
 def get_study(name: str, runtime: RuntimeDep, caller: Reader) -> dict[str, Any]:
     """Counts by state and the best trial so far. Role: viewer, member or admin."""
     with runtime.transaction() as session:
-        return studies.summary(session, runtime.storage, studies.get(session, caller.team, name))
+        return studies.summary_or_broken(session, runtime.storage, studies.get(session, caller.team, name))
 
 
 @router.get("/{name}/trials", response_model=TrialsPublic)

@@ -66,14 +66,21 @@ def revoke_token(prefix: str, runtime: RuntimeDep, caller: Admin) -> Response:
 
 @router.get("/api/v1/audit", response_model=AuditPublic)
 def get_audit(
-    runtime: RuntimeDep, caller: Admin, limit: Annotated[int, Query(ge=1, le=1000, description="at most this many events")] = 100
+    runtime: RuntimeDep,
+    caller: Admin,
+    limit: Annotated[int, Query(ge=1, le=1000, description="at most this many events")] = 100,
+    before_id: Annotated[
+        int | None, Query(ge=1, le=2**63 - 1, description="only events older than this id: the `next_before_id` of the previous page")
+    ] = None,
 ) -> dict[str, Any]:
-    """The team's audit trail, newest first: study create/stop/delete, token create/revoke. Role: admin."""
+    """The team's audit trail, newest first, a page at a time: follow `next_before_id` until it
+    is null to read it all. Role: admin."""
     with runtime.transaction() as session:
-        events = audit.recent(session, caller.team.id, limit)
+        events, next_before_id = audit.page(session, caller.team.id, limit, before_id)
         return {
             "events": [
                 {"id": e.id, "at": e.at, "actor": e.actor, "role": e.role, "action": e.action, "target": e.target, "detail": e.detail}
                 for e in events
-            ]
+            ],
+            "next_before_id": next_before_id,
         }

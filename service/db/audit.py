@@ -11,7 +11,25 @@ from sqlalchemy.orm import Session
 
 from service.db.models import AuditEvent
 
-ACTIONS = ("study.create", "study.stop", "study.delete", "token.create", "token.revoke", "dashboard.login")
+ACTIONS = (
+    "study.create",
+    "study.stop",
+    "study.delete",  # through REST, or the dashboard (detail.via = "dashboard")
+    "token.create",
+    "token.revoke",
+    # One event per token per window (service/db/sessions.py): detail.count logins since `at`.
+    "dashboard.login",
+    # optuna-dashboard's writes (service/api/dashboard_routes.py); the target is the study.
+    "dashboard.tell",
+    "dashboard.user_attrs",
+    "dashboard.study_note",
+    "dashboard.trial_note",
+    "dashboard.preference",
+    "dashboard.preference_remove",
+    "dashboard.preference_restore",
+    "dashboard.feedback_component",
+    "dashboard.skip",
+)
 
 
 def record(
@@ -34,8 +52,14 @@ def record(
     return event
 
 
-def recent(session: Session, team_id: int, limit: int) -> Sequence[AuditEvent]:
-    """The team's newest events first."""
-    return session.scalars(
-        select(AuditEvent).where(AuditEvent.team_id == team_id).order_by(AuditEvent.id.desc()).limit(limit)
-    ).all()
+def page(session: Session, team_id: int, limit: int, before_id: int | None = None) -> tuple[Sequence[AuditEvent], int | None]:
+    """The team's events newest first, at most `limit` of them with ids below `before_id`, and
+    the before_id of the next (older) page, None when this is the last. Ids only grow, so a
+    page boundary never skips or repeats an event, however many are added meanwhile."""
+    query = select(AuditEvent).where(AuditEvent.team_id == team_id)
+    if before_id is not None:
+        query = query.where(AuditEvent.id < before_id)
+    events = session.scalars(query.order_by(AuditEvent.id.desc()).limit(limit + 1)).all()
+    if len(events) > limit:
+        return events[:limit], events[limit - 1].id
+    return events, None

@@ -92,7 +92,7 @@ class AuditEvent(Base):
     # The acting token's prefix and role; NULL for `hpo token create` on the server host.
     actor: Mapped[str | None] = mapped_column(String(16), nullable=True)
     role: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    action: Mapped[str] = mapped_column(String(32))  # study.create, study.stop, study.delete, token.create, token.revoke, dashboard.login
+    action: Mapped[str] = mapped_column(String(32))  # one of service/db/audit.py's ACTIONS
     target: Mapped[str] = mapped_column(String(200))  # a study name or a token prefix
     detail: Mapped[dict[str, Any]] = mapped_column(JSONB)
 
@@ -111,6 +111,11 @@ class StudyRecord(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSONB)
     stopped: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = _now()
+    # Why the last claim on this study failed (its definition no longer builds, its Optuna study
+    # is gone, ...), and when: claims skip it for a while and the API shows it. Cleared by the
+    # next claim that succeeds (service/engine/broken.py).
+    broken_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    broken_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     team: Mapped[Team] = relationship(lazy="joined")
 

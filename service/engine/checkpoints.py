@@ -10,6 +10,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import BinaryIO
 
 from optuna.artifacts import Boto3ArtifactStore, FileSystemArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
@@ -42,17 +43,21 @@ def artifact_store(settings: Settings) -> ArtifactStore:
     return _store(str(artifact_dir(settings)), settings.artifact_s3_bucket)
 
 
-def save(session: Session, store: ArtifactStore, lease: Lease, step: int, data: bytes) -> None:
-    """Keep `data` as the trial's checkpoint at `step`, replacing its previous one."""
+def save(session: Session, store: ArtifactStore, lease: Lease, step: int, data: BinaryIO | bytes, size: int | None = None) -> None:
+    """Keep `data` (bytes, or a file read from where it stands) as the trial's checkpoint at
+    `step`, replacing its previous one."""
+    if isinstance(data, bytes):
+        data, size = io.BytesIO(data), len(data)
+    assert size is not None
     artifact_id = f"checkpoint-{lease.trial_id}-{step}-{uuid.uuid4().hex[:8]}"
-    store.write(artifact_id, io.BytesIO(data))
+    store.write(artifact_id, data)
     row = session.get(Checkpoint, lease.trial_id, with_for_update=True)
     previous = None
     if row is None:
-        session.add(Checkpoint(trial_id=lease.trial_id, study_id=lease.study_id, artifact_id=artifact_id, step=step, size=len(data)))
+        session.add(Checkpoint(trial_id=lease.trial_id, study_id=lease.study_id, artifact_id=artifact_id, step=step, size=size))
     else:
         previous = row.artifact_id
-        row.artifact_id, row.step, row.size, row.updated_at = artifact_id, step, len(data), study_rows.now(session)
+        row.artifact_id, row.step, row.size, row.updated_at = artifact_id, step, size, study_rows.now(session)
     session.flush()
     if previous:
         _remove(store, previous)

@@ -393,6 +393,9 @@ def _column(name: str, trials: list[FrozenTrial], raw: Callable[[FrozenTrial], A
     return _Column(name, [(x - lo) / (hi - lo) for x in xs], [(0.0, _text(back(lo), 12)), (1.0, _text(back(hi), 12))])
 
 
+PARALLEL_MAX_TRIALS = 1000
+
+
 def _parallel(fig: Figure, ax: Any, spec: StudySpec, trials: list[FrozenTrial], extra: dict[str, Any]) -> None:
     done = _complete(trials)
     names = sorted({n for t in done for n in t.params})
@@ -400,6 +403,9 @@ def _parallel(fig: Figure, ax: Any, spec: StudySpec, trials: list[FrozenTrial], 
         raise NothingToPlot("no complete trial with parameters yet: nothing to draw in parallel coordinates")
     # Worst first, so the best lines are drawn last, on top.
     done.sort(key=lambda t: t.value, reverse=spec.direction == "minimize")  # type: ignore[arg-type, return-value]
+    # One line per trial: a huge study draws its best PARALLEL_MAX_TRIALS (the review's finding 15).
+    total = len(done)
+    done = done[-PARALLEL_MAX_TRIALS:]
     columns = [_column(n, done, lambda t, n=n: t.params.get(n)) for n in names]
     columns.append(_column("objective", done, lambda t: t.value))
     values = [float(t.value) for t in done]  # type: ignore[arg-type]
@@ -418,7 +424,8 @@ def _parallel(fig: Figure, ax: Any, spec: StudySpec, trials: list[FrozenTrial], 
     ax.set_ylim(-0.08, 1.08)
     ax.set_yticks([])
     fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=f"objective ({spec.direction})")
-    ax.set_title(f"Parallel coordinates: {_text(spec.name)}")
+    shown = f" (best {len(done)} of {total} trials)" if len(done) < total else ""
+    ax.set_title(f"Parallel coordinates: {_text(spec.name)}{shown}")
 
 
 _DRAW: dict[str, Callable[[Figure, Any, StudySpec, list[FrozenTrial], dict[str, Any]], None]] = {

@@ -154,3 +154,9 @@ def database_down(exc: BaseException | None) -> bool:
     if transaction_conflict(exc):
         return False
     return any(isinstance(e, CONNECTION_ERRORS) for e in _chain(exc))
+
+
+def not_the_studys_fault(exc: BaseException) -> bool:
+    """A failure that says nothing about the study it happened on: the database went away, or
+    a deadlock picked this transaction (service/engine/team_claims.py)."""
+    return isinstance(exc, ServiceUnavailable) or database_down(exc) or transaction_conflict(exc)

@@ -11,6 +11,7 @@ import optuna
 from optuna.distributions import distribution_to_json
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
+from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -19,15 +20,21 @@ from service.db.models import StudyRecord, Team
 from service.engine import lr_analysis
 from service.engine.diagnosis import DIAGNOSES, Diagnosed, hints
 from service.engine.diagnosis import counts as diagnosis_counts
-from service.engine.storage import optuna_errors, optuna_study_name
-from service.errors import Conflict, NotFound
+from service.engine.storage import not_the_studys_fault, optuna_errors, optuna_study_name
+from service.errors import Conflict, NotFound, ServiceError, StudyBroken
 from service.spec import StudySpec, defaults_for
+from service.spec.study import FINDER_SUFFIX
+from service.spec.limits import clean_text
 
 STATES = ("RUNNING", "COMPLETE", "PRUNED", "FAIL", "WAITING")
 
 
 def spec_of(record: StudyRecord) -> StudySpec:
-    return StudySpec.model_validate(record.spec)
+    try:
+        return StudySpec.model_validate(record.spec)
+    except ValidationError as exc:
+        # Stored under older rules (or edited in the database): the study is broken, not the request.
+        raise StudyBroken(f"study '{record.name}': its stored definition is no longer valid: {exc.errors()[0]['msg']}") from exc
 
 
 def create(session: Session, storage: BaseStorage, team: Team, spec: StudySpec) -> StudyRecord:
@@ -100,12 +107,52 @@ def _finite_or_none(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
+def describe(exc: BaseException) -> str:
+    """One line on what went wrong with a study, fit to store and show."""
+    detail = exc.detail if isinstance(exc, ServiceError) else str(exc)
+    lines = f"{type(exc).__name__}: {detail}".splitlines()
+    return clean_text(lines[0] if lines else type(exc).__name__)[:500]
+
+
+def broken(record: StudyRecord) -> dict[str, Any] | None:
+    """Why claims skip this study, if they do (service/engine/team_claims.py)."""
+    return None if record.broken_reason is None else {"reason": record.broken_reason, "since": record.broken_at}
+
+
+def summary_or_broken(session: Session, storage: BaseStorage, record: StudyRecord) -> dict[str, Any]:
+    """summary(), or, when the study itself cannot be read (its definition no longer validates,
+    its Optuna study is gone), what our row says, with state `broken` and the reason: one
+    study's fault must not fail the team's listing (the review's finding 3)."""
+    try:
+        return summary(session, storage, record)
+    except Exception as exc:
+        if not_the_studys_fault(exc):
+            raise
+        definition = record.spec if isinstance(record.spec, dict) else {}
+        budget = definition.get("budget") if isinstance(definition.get("budget"), dict) else {}
+        return {
+            "name": record.name,
+            "optuna_name": record.optuna_name,
+            "state": "broken",
+            "direction": str(definition.get("direction", "minimize")),
+            "n_trials": int(budget.get("n_trials", 0)) if isinstance(budget.get("n_trials", 0), int) else 0,
+            "counts": {s: 0 for s in STATES},
+            "best_trial": None,
+            "created_at": record.created_at,
+            "definition": definition,
+            "diagnosis": {"counts": {}, "hints": []},
+            "kind": str(definition.get("kind", "search")),
+            "broken": {"reason": describe(exc), "since": record.broken_at},
+        }
+
+
 def summary(session: Session, storage: BaseStorage, record: StudyRecord) -> dict[str, Any]:
     spec = spec_of(record)
     trials = _trials(storage, record)
     counts = Counter(t.state.name for t in trials)
     claimed, running = study_rows.lease_counts(session, [record.id])[record.id]
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    # A value written past our checks (a dashboard "tell" of NaN or -inf, finding 7) is no best.
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
     best = None
     if complete:
         pick = min if spec.direction == "minimize" else max
@@ -126,6 +173,7 @@ def summary(session: Session, storage: BaseStorage, record: StudyRecord) -> dict
         "lr_sweep": lr_analysis.sweep_result(spec, trials),
         "lr_finder": lr_analysis.finder_result(spec, trials),
         "lr_range": lr_analysis.lr_range_info(storage, record, spec),
+        "broken": broken(record),
     }
 
 
@@ -175,11 +223,11 @@ def trials(session: Session, storage: BaseStorage, record: StudyRecord) -> list[
 
 
 def _companions(session: Session, record: StudyRecord) -> list[StudyRecord]:
-    """The study's LR range test (auto_lr_range), which lives and dies with it."""
-    spec = spec_of(record)
-    if not spec.auto_lr_range:
+    """The study's LR range test (auto_lr_range), which lives and dies with it. Read from the
+    stored definition as it is, so that a broken study can still be stopped and deleted."""
+    if not (isinstance(record.spec, dict) and record.spec.get("auto_lr_range")):
         return []
-    finder = study_rows.get_study(session, record.team_id, lr_analysis.finder_name(spec), lock=True)
+    finder = study_rows.get_study(session, record.team_id, record.name + FINDER_SUFFIX, lock=True)
     return [] if finder is None else [finder]
 
 

@@ -3,18 +3,34 @@
 Optuna study names are `<team>/<study>`; this storage lists only the team's studies and answers
 every call naming another team's study or trial (by id or by name) with KeyError, Optuna's own
 "no such study/trial", which the dashboard turns into 404. It delegates everything else to the
-process's storage, so the dashboard reads the same cache and connections as the API."""
+process's storage, so the dashboard reads the same cache and connections as the API.
+
+Behind the allow-list of service/api/dashboard_routes.py, and in case something gets past it:
+it creates no study (the REST API does, with its definition), deletes no study that has a REST
+record (our studies.delete does, with its lease rows and audit event), and shows a trial whose
+stored objective is NaN (written by an older version, or by hand) as failed, which is what
+Optuna makes of an objective that returns NaN; optuna-dashboard's serializer asserts on NaN,
+so the study's page would otherwise answer 500."""
 
 from __future__ import annotations
 
+import copy
+import json
+import math
+from collections import defaultdict
 from collections.abc import Container, Sequence
 from typing import Any
 
 from optuna.storages import BaseStorage
+from optuna.storages._rdb import models
 from optuna.study import StudyDirection
 from optuna.study._frozen import FrozenStudy
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, select, text
+from sqlalchemy.orm import Session
+
+from service.db.models import StudyRecord
+from service.errors import Conflict
 
 
 class TeamStorage(BaseStorage):
@@ -59,13 +75,17 @@ class TeamStorage(BaseStorage):
 
     # ------------------------------------------------------------------ studies
 
+    def has_rest_record(self, study_name: str) -> bool:
+        with self._engine.connect() as conn:
+            return conn.execute(select(StudyRecord.id).where(StudyRecord.optuna_name == study_name)).first() is not None
+
     def create_new_study(self, directions: Sequence[StudyDirection], study_name: str | None = None) -> int:
-        if study_name is None or not self.owns_name(study_name):
-            raise ValueError(f"study names of this team start with {self._prefix!r}")
-        return self._inner.create_new_study(directions, study_name)
+        raise Conflict("studies are created through the REST API (POST /api/v1/studies), not in the dashboard")
 
     def delete_study(self, study_id: int) -> None:
-        self._study(study_id)
+        name = self.get_study_name_from_id(study_id)
+        if self.has_rest_record(name):
+            raise Conflict(f"{name} was created through the REST API; delete it there (DELETE /api/v1/studies/...)")
         self._inner.delete_study(study_id)
 
     def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
@@ -98,7 +118,36 @@ class TeamStorage(BaseStorage):
         return self._inner.get_study_system_attrs(study_id)
 
     def get_all_studies(self) -> list[FrozenStudy]:
-        return [s for s in self._inner.get_all_studies() if self.owns_name(s.study_name)]
+        """The team's studies, read by their name prefix: optuna-dashboard calls this on every
+        poll of a study's page, and Optuna's own version reads every team's studies and
+        attributes. Otherwise as RDBStorage.get_all_studies makes them."""
+        study, direction = models.StudyModel, models.StudyDirectionModel
+        user, system = models.StudyUserAttributeModel, models.StudySystemAttributeModel
+        with Session(self._engine) as session:
+            rows = session.execute(
+                select(study.study_id, study.study_name)
+                .where(study.study_name.startswith(self._prefix, autoescape=True))
+                .order_by(study.study_id)
+            ).all()
+            ids = [r.study_id for r in rows]
+            directions: dict[int, list[StudyDirection]] = defaultdict(list)
+            for d in session.scalars(select(direction).where(direction.study_id.in_(ids)).order_by(direction.objective)):
+                directions[d.study_id].append(d.direction)
+            attrs: dict[Any, dict[int, dict[str, Any]]] = {user: defaultdict(dict), system: defaultdict(dict)}
+            for model, by_study in attrs.items():
+                for a in session.scalars(select(model).where(model.study_id.in_(ids))):
+                    by_study[a.study_id][a.key] = json.loads(a.value_json)
+        return [
+            FrozenStudy(
+                study_name=r.study_name,
+                direction=None,
+                directions=directions[r.study_id],
+                user_attrs=attrs[user].get(r.study_id, {}),
+                system_attrs=attrs[system].get(r.study_id, {}),
+                study_id=r.study_id,
+            )
+            for r in rows
+        ]
 
     # ------------------------------------------------------------------ trials
 
@@ -140,13 +189,17 @@ class TeamStorage(BaseStorage):
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
         self._trial(trial_id)
-        return self._inner.get_trial(trial_id)
+        return _shown(self._inner.get_trial(trial_id))
 
     def get_all_trials(
         self, study_id: int, deepcopy: bool = True, states: Container[TrialState] | None = None
     ) -> list[FrozenTrial]:
         self._study(study_id)
-        return self._inner.get_all_trials(study_id, deepcopy=deepcopy, states=states)
+        asked = states
+        if states is not None and TrialState.FAIL in states and TrialState.COMPLETE not in states:
+            asked = (*(s for s in TrialState if s in states), TrialState.COMPLETE)  # a NaN result shows as FAIL
+        trials = [_shown(t) for t in self._inner.get_all_trials(study_id, deepcopy=deepcopy, states=asked)]
+        return trials if states is None else [t for t in trials if t.state in states]
 
     def get_n_trials(self, study_id: int, state: tuple[TrialState, ...] | TrialState | None = None) -> int:
         self._study(study_id)
@@ -154,7 +207,15 @@ class TeamStorage(BaseStorage):
 
     def get_best_trial(self, study_id: int) -> FrozenTrial:
         self._study(study_id)
-        return self._inner.get_best_trial(study_id)
+        best = self._inner.get_best_trial(study_id)
+        if not _has_nan(best):
+            return best
+        # PostgreSQL sorts NaN above every number, so a maximized study's "best" is a NaN trial.
+        complete = self.get_all_trials(study_id, deepcopy=False, states=(TrialState.COMPLETE,))
+        if not complete:
+            raise ValueError("No trials are completed yet.")
+        pick = max if self.get_study_directions(study_id)[0] == StudyDirection.MAXIMIZE else min
+        return pick(complete, key=lambda t: t.values[0])
 
     def get_trial_params(self, trial_id: int) -> dict[str, Any]:
         self._trial(trial_id)
@@ -174,3 +235,18 @@ class TeamStorage(BaseStorage):
 
     def remove_session(self) -> None:
         self._inner.remove_session()
+
+
+def _has_nan(trial: FrozenTrial) -> bool:
+    return trial.values is not None and any(math.isnan(v) for v in trial.values)
+
+
+def _shown(trial: FrozenTrial) -> FrozenTrial:
+    """The trial as the dashboard shows it: one whose stored objective is NaN as failed, with no
+    value (a copy: the trial may be the storage cache's own object)."""
+    if not _has_nan(trial):
+        return trial
+    shown = copy.copy(trial)
+    shown.state = TrialState.FAIL
+    shown.values = None
+    return shown

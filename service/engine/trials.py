@@ -11,7 +11,7 @@ import uuid
 import warnings
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 import optuna
 from optuna.storages import BaseStorage
@@ -34,33 +34,6 @@ from service.settings import Settings
 from service.spec import Assignment, FinishState, StudySpec
 
 _OPTUNA_STATE = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
-
-
-def claim_candidates(session: Session, storage: BaseStorage, team: Team, only: Sequence[str] | None) -> list[int]:
-    """The team's studies that may have work, least busy (relative to max_concurrent) first.
-
-    Read without locks: try_claim re-checks under the study's row lock."""
-    records = [r for r in study_rows.list_studies(session, team.id) if not r.stopped]
-    if only:
-        # A study's LR range test (auto_lr_range) is part of it: a worker asked for the study runs it.
-        wanted = set(only) | {finder_name(spec_of(r)) for r in records if r.name in set(only) and spec_of(r).auto_lr_range}
-        records = [r for r in records if r.name in wanted]
-    counts = study_rows.lease_counts(session, [r.id for r in records])
-    ranked = []
-    for r in records:
-        budget = spec_of(r).budget
-        originals, running = counts[r.id]
-        # Stale leases still count as running here; try_claim reaps them under the lock.
-        if originals < budget.n_trials or _waiting(storage, r):
-            ranked.append((running / budget.max_concurrent, r.id))
-    return [sid for _, sid in sorted(ranked)]
-
-
-def _waiting(storage: BaseStorage, record: StudyRecord) -> list[FrozenTrial]:
-    """Trials queued in Optuna: retries of lost trials (and any enqueued in the dashboard)."""
-    with optuna_errors():
-        study_id = storage.get_study_id_from_name(record.optuna_name)
-        return storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,))
 
 
 def try_claim(
@@ -255,15 +228,22 @@ def checkpoint(
     lease_id: str,
     step: int,
     value: float,
-    data: bytes,
+    data: BinaryIO,
+    size: int,
     settings: Settings,
 ) -> bool:
     """A report and the checkpoint taken at the same step, in one call: a retry that resumes
     from step N has the values of steps 1..N and reports from N+1, so none is lost or doubled."""
     held = _live_lease(session, team, trial_id, lease_id)
     prune = report_on(session, storage, held, step, value, settings)
-    checkpoints.save(session, store, held.lease, step, data)
+    checkpoints.save(session, store, held.lease, step, data, size)
     return prune
+
+
+def check_live_lease(session: Session, team: Team, trial_id: int, lease_id: str) -> None:
+    """The errors a call on this lease would get (NotFound, Gone, LeaseLost), before the call
+    does anything costly, such as reading a checkpoint's body."""
+    _live_lease(session, team, trial_id, lease_id)
 
 
 def resume_checkpoint(

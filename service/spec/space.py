@@ -7,11 +7,18 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from service.spec.limits import MAX_CHOICE_CHARS, MAX_CHOICES, MAX_FLOAT_STEPS, MAX_INT
+
 
 def _finite(value: float, field: str) -> float:
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{field} must be a finite number, got {value}")
     return value
+
+
+def _short(value: int) -> str:
+    text = str(value)
+    return text if len(text) <= 24 else f"a number of {len(text.lstrip('-'))} digits"
 
 
 class _Strict(BaseModel):
@@ -44,7 +51,17 @@ class FloatParam(_Strict):
     @model_validator(mode="after")
     def _range(self) -> FloatParam:
         _check_range(self.low, self.high, self.log, self.step)
+        # Optuna computes high - low (and, with a step, their ratio in Decimal) on every claim.
+        if not math.isfinite(self.high - self.low):
+            raise ValueError(f"high - low must be a finite number, got low={self.low} high={self.high}")
+        if self.step is not None and (self.high - self.low) / self.step > MAX_FLOAT_STEPS:
+            raise ValueError(f"step: {self.step} makes more than {MAX_FLOAT_STEPS} steps from low to high; use a larger step")
         return self
+
+    def grid_size(self) -> int:
+        """Points of this range as a grid axis (factories.py: low, low + step, ... up to high)."""
+        assert self.step is not None
+        return math.ceil((self.high - self.low) / self.step + 0.5)
 
 
 class IntParam(_Strict):
@@ -58,8 +75,15 @@ class IntParam(_Strict):
     def _range(self) -> IntParam:
         if self.step < 1:
             raise ValueError(f"step must be >= 1, got {self.step}")
+        for bound in ("low", "high"):
+            if abs(getattr(self, bound)) > MAX_INT:
+                # Optuna stores every parameter as a float: beyond 2^53 an int is not kept exactly.
+                raise ValueError(f"{bound} must be between -{MAX_INT} and {MAX_INT} (2^53), got {_short(getattr(self, bound))}")
         _check_range(self.low, self.high, self.log, None if self.step == 1 else self.step)
         return self
+
+    def grid_size(self) -> int:
+        return (self.high - self.low) // self.step + 1
 
 
 Choice = Union[bool, int, float, str, None]
@@ -67,7 +91,7 @@ Choice = Union[bool, int, float, str, None]
 
 class CategoricalParam(_Strict):
     type: Literal["categorical"]
-    choices: list[Choice] = Field(min_length=1)
+    choices: list[Choice] = Field(min_length=1, max_length=MAX_CHOICES)
 
     @field_validator("choices")
     @classmethod
@@ -75,9 +99,14 @@ class CategoricalParam(_Strict):
         for c in v:
             if isinstance(c, float):
                 _finite(c, "choices")
+            if isinstance(c, str) and len(c) > MAX_CHOICE_CHARS:
+                raise ValueError(f"a choice is at most {MAX_CHOICE_CHARS} characters, got one of {len(c)}")
         if len({repr(c) for c in v}) != len(v):
             raise ValueError(f"choices must be unique, got {v}")
         return v
+
+    def grid_size(self) -> int:
+        return len(self.choices)
 
 
 Plain = Annotated[Union[FloatParam, IntParam, CategoricalParam], Field(discriminator="type")]
@@ -103,6 +132,9 @@ class ConditionalParam(_Strict):
     type: Literal["conditional"]
     on: str = Field(min_length=1, description="the parent: a categorical in the space, or a fixed workload value")
     cases: dict[str, Plain] = Field(min_length=1)
+
+    def n_choices(self) -> int:
+        return sum(len(c.choices) for c in self.cases.values() if isinstance(c, CategoricalParam))
 
     def case_for(self, parent_value: Any) -> FloatParam | IntParam | CategoricalParam | None:
         return self.cases.get(case_key(parent_value))

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from service.spec import presets
 from service.spec.lr_range import LrFinder, LrSweep
 from service.spec.hyperparameters import USER_PARAM_NAME, ParamRule, defaults_for, rules_for
+from service.spec.sizes import check_grid, check_seed, check_space
 from service.spec.space import CategoricalParam, ConditionalParam, FloatParam, IntParam, Param, case_key
 from service.spec.workload import Workload
 
@@ -207,7 +208,7 @@ class StudySpec(_Strict):
         for name, param in self.space.items():
             where = f"space.{name}"
             if rules is None:
-                if not re.match(USER_PARAM_NAME, name):
+                if not re.fullmatch(USER_PARAM_NAME, name):
                     raise ValueError(f"{where}: a parameter name must match {USER_PARAM_NAME}")
             elif name not in rules:
                 raise ValueError(f"{where}: unknown parameter for workload '{model}'; allowed: {', '.join(sorted(rules))}")
@@ -224,6 +225,17 @@ class StudySpec(_Strict):
                     raise ValueError(f"space.{name}: the grid sampler needs a fixed grid; it cannot take a conditional")
                 if isinstance(param, FloatParam) and param.step is None:
                     raise ValueError(f"space.{name}: the grid sampler needs a step on float parameters (or a categorical)")
+        return self
+
+    @model_validator(mode="after")
+    def _within_limits(self) -> StudySpec:
+        """What a claim will build from this definition fits in the API process (limits.py)."""
+        check_space(self.space)
+        if rules_for(self.workload.model) is None:
+            _check_env_names([*self.space, *self.workload.fixed])
+        if self.sampler.kind == "grid" and self.kind == "search":
+            check_grid(self.space)  # an lr_sweep's grid has its own bound (LrSweep)
+        check_seed(self.sampler.seed, self.budget.n_trials)
         return self
 
     def _check_conditional(self, where: str, name: str, param: ConditionalParam, rule: ParamRule | None) -> None:
@@ -249,6 +261,16 @@ class StudySpec(_Strict):
                 raise ValueError(f"{where}.cases.{key}: '{key}' is not a value of '{param.on}'; allowed: {', '.join(allowed)}")
             if rule is not None:
                 _check_param_against_rule(f"{where}.cases.{key}", case, rule)
+
+
+def _check_env_names(names: list[str]) -> None:
+    """A plugin or command reads its parameters as HPO_PARAM_<NAME>: two names that differ only
+    in case would be one variable there (the review's `LR` fixed beside `lr` searched)."""
+    seen: dict[str, str] = {}
+    for name in names:
+        other = seen.setdefault(name.upper(), name)
+        if other != name:
+            raise ValueError(f"space.{name}: '{name}' and '{other}' differ only in case; both would be HPO_PARAM_{name.upper()}")
 
 
 def _check_param_against_rule(where: str, param: Any, rule: ParamRule) -> None:

@@ -94,7 +94,7 @@ def _check_fixed(model: str, fixed: dict[str, Any]) -> None:
     rules = rules_for(model)
     for name, value in fixed.items():
         if rules is None:
-            if not re.match(USER_PARAM_NAME, name):
+            if not re.fullmatch(USER_PARAM_NAME, name):
                 raise ValueError(f"workload.{name}: a parameter name must match {USER_PARAM_NAME}")
             if not isinstance(value, Scalar):
                 raise ValueError(f"workload.{name}: a fixed value must be a number, string, boolean or null")
