@@ -117,3 +117,29 @@ def test_no_redirect_is_built_from_the_host_header(server: LiveServer, make_toke
 def test_the_api_documentation_can_be_turned_off(server: LiveServer) -> None:
     for path in ("/docs", "/redoc", "/openapi.json"):
         assert httpx.get(f"{server.url}{path}").status_code == 404, path
+
+
+def test_a_burst_of_reports_gets_503s_not_the_whole_process(db_url: str, make_token: Any, team: str) -> None:
+    """The review's burst (a viewer asking for 16 reports at once) against a real server with one
+    turn and no wait: the reports beyond the one being drawn are 503 with Retry-After, at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    s = LiveServer(db_url, HPO_RENDER_CONCURRENCY="1", HPO_RENDER_WAIT_SECONDS="0")
+    try:
+        with s.client(make_token(team, "member")) as m, s.client(make_token(team, "worker")) as w:
+            m.post("/api/v1/studies", json={**digits_definition("burst"), "budget": {"n_trials": 6, "max_concurrent": 6}}).raise_for_status()
+            for i in range(6):
+                a = w.post("/api/v1/trials/claim", json={"worker_id": "w"}).json()
+                w.post(f"/api/v1/trials/{a['trial_id']}/report", json={"lease_id": a["lease_id"], "step": 1, "value": 2.0 + i}).raise_for_status()
+                w.post(f"/api/v1/trials/{a['trial_id']}/finish", json={"lease_id": a["lease_id"], "state": "complete", "value": 1.0 + i}).raise_for_status()
+        viewer = make_token(team, "viewer")
+
+        def report(_: int) -> int:
+            with s.client(viewer) as v:
+                return v.get("/api/v1/studies/burst/report").status_code
+
+        with ThreadPoolExecutor(16) as pool:
+            statuses = list(pool.map(report, range(16)))
+        assert 200 in statuses and 503 in statuses and set(statuses) <= {200, 503}, statuses
+    finally:
+        s.stop()
