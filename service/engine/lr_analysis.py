@@ -127,6 +127,12 @@ def _decide(session: Session, storage: BaseStorage, record: StudyRecord, spec: S
     if finder_record is None:
         return {**base, "status": "failed", "detail": "the LR range test study was deleted; the lr range is not narrowed"}
     finder_spec = StudySpec.model_validate(finder_record.spec)
+    # Open leases, not Optuna's states: a lost or interrupted attempt is failed and its retry
+    # queued (WAITING) in the same transaction that ends its lease. Read before the trials: a
+    # finish commits Optuna's state before it ends the lease, so an ended lease read first means
+    # the trials read next show how it ended (read the other way round, a finish committing in
+    # between made a complete range test look like one that ended RUNNING).
+    _, running = study_rows.lease_counts(session, [finder_record.id])[finder_record.id]
     with optuna_errors():
         trials = storage.get_all_trials(storage.get_study_id_from_name(finder_record.optuna_name), deepcopy=False)
     result = finder_result(finder_spec, trials)
@@ -137,9 +143,6 @@ def _decide(session: Session, storage: BaseStorage, record: StudyRecord, spec: S
             return {**base, "status": "failed", "detail": "the LR range test's curve was too short to read"}
         low, high = narrow((lr.low, lr.high), suggestion)
         return {**base, "status": "narrowed", "narrowed": [low, high], "suggestion": suggestion}
-    # Open leases, not Optuna's states: a lost or interrupted attempt is failed and its retry
-    # queued (WAITING) in the same transaction that ends its lease.
-    _, running = study_rows.lease_counts(session, [finder_record.id])[finder_record.id]
     waiting = any(t.state == TrialState.WAITING for t in trials)
     if finder_record.stopped or (trials and running == 0 and not waiting):
         return {**base, "status": "failed", "detail": f"the LR range test ended {result['state']}; the lr range is not narrowed"}
