@@ -135,6 +135,11 @@ class Client:
         """Every trial of the study, in the service's order (by number)."""
         return [Trial.model_validate(t) for t in self._request("GET", self._study_path(name, "trials")).json()["trials"]]
 
+    def queue(self) -> dict[str, Any]:
+        """The team's trials a worker could claim now: `depth` in all, and per study (needs a
+        worker or admin token): what an autoscaler reads."""
+        return dict(self._request("GET", "/api/v1/queue").json())
+
     def best(self, name: str) -> BestTrial | None:
         """The best complete trial so far, or None when no trial is complete."""
         return self.study(name).best_trial

@@ -45,7 +45,7 @@ def expected_roles(method: str, path: str) -> tuple[str, ...] | None:
         return None
     if path == "/api/v1/studies" or path.startswith(("/api/v1/studies/", "/api/v1/presets")):
         return READ if method == "GET" else MANAGE
-    if path.startswith("/api/v1/trials/"):
+    if path.startswith("/api/v1/trials/") or path == "/api/v1/queue":
         return WORK
     if path in ("/api/v1/tokens", "/api/v1/audit") or path.startswith("/api/v1/tokens/"):
         return ADMIN

@@ -12,7 +12,7 @@ from fastapi.responses import RedirectResponse
 from sqlalchemy import text
 from starlette.types import Receive, Scope, Send
 
-from service.api import errors, plots, presets, studies, tokens, trials
+from service.api import errors, plots, presets, queue, studies, tokens, trials
 from service.api.dashboard import PREFIX as DASHBOARD_PREFIX
 from service.api.dashboard import Dashboard
 from service.api.deps import Runtime
@@ -124,6 +124,7 @@ def create_app(settings: Settings | None = None, *, report_fast_path: bool = Tru
     app.include_router(studies.router)
     app.include_router(plots.router)
     app.include_router(trials.router)
+    app.include_router(queue.router)
     app.include_router(presets.router)
     app.include_router(tokens.router)
     # optuna-dashboard, behind a login with a team token (service/api/dashboard.py).

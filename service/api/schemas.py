@@ -160,6 +160,21 @@ class HeartbeatResponse(BaseModel):
     lease_seconds: float
 
 
+class QueuedStudy(BaseModel):
+    name: str
+    depth: int = Field(description="trials of this study a worker could claim now")
+    remaining: int = Field(description="trials of the budget not started yet")
+    waiting: int = Field(description="retries queued in Optuna")
+    running: int
+    max_concurrent: int
+
+
+class QueuePublic(BaseModel):
+    team: str
+    depth: int = Field(description="trials of the team a worker could claim now: the sum over its studies")
+    studies: list[QueuedStudy] = Field(description="the team's studies that are not stopped")
+
+
 class PresetPublic(BaseModel):
     name: str
     fixed: dict[str, Any] = Field(description="workload values the preset fixes (the optimizer)")

@@ -85,7 +85,7 @@ def candidates(session: Session, storage: BaseStorage, team: Team, only: Sequenc
             continue
         originals, running = counts[r.id]
         # Stale leases still count as running here; try_claim reaps them under the lock.
-        if originals < budget.n_trials or _isolated(session, r, lambda r=r: bool(_waiting(storage, r)))[1]:
+        if originals < budget.n_trials or _isolated(session, r, lambda r=r: bool(waiting_trials(storage, r)))[1]:
             ranked.append((running / budget.max_concurrent, r.id))
     if session.info.pop("hpo_marked_broken", False):
         # The marks commit before a claim locks a study's row: one row lock at a time, always.
@@ -93,7 +93,7 @@ def candidates(session: Session, storage: BaseStorage, team: Team, only: Sequenc
     return [sid for _, sid in sorted(ranked)]
 
 
-def _waiting(storage: BaseStorage, record: StudyRecord) -> list[FrozenTrial]:
+def waiting_trials(storage: BaseStorage, record: StudyRecord) -> list[FrozenTrial]:
     """Trials queued in Optuna: retries of lost trials (and any enqueued in the dashboard)."""
     with optuna_errors():
         study_id = storage.get_study_id_from_name(record.optuna_name)
