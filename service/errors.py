@@ -70,6 +70,20 @@ class RequestTimeout(ServiceError):
     code = "request_timeout"
 
 
+class TooManyRequests(ServiceError):
+    """Too many refused tokens from the caller's address (HPO_AUTH_FAILURES_PER_MINUTE)."""
+
+    status_code = 429
+    code = "too_many_requests"
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str] | None:
+        return {"Retry-After": str(self.retry_after)}
+
+
 class UnsupportedMediaType(ServiceError):
     status_code = 415
     code = "unsupported_media_type"

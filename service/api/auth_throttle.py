@@ -11,13 +11,15 @@ to no team, and an outsider could flood the trail."""
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
 from collections import OrderedDict
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api.errors import error_response
+from service.errors import TooManyRequests
 
 log = logging.getLogger("hpo.auth")
 
@@ -76,13 +78,13 @@ class AuthThrottle:
         if self.limit <= 0 or scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        client, now = _client(scope), time.monotonic()
-        if self._count(client, now) >= self.limit and _has_credentials(scope):
+        client, now, counted = _client(scope), time.monotonic(), _has_credentials(scope)
+        if counted and self._count(client, now) >= self.limit:
             start, _ = self._counts[client]
-            await _too_many(send, max(1, int(WINDOW_SECONDS - (now - start)) + 1))
+            retry_after = max(1, int(WINDOW_SECONDS - (now - start)) + 1)
+            refused = TooManyRequests(f"too many refused tokens from this address; retry in {retry_after} s", retry_after)
+            await error_response(refused, scope["method"], scope["path"])(scope, receive, send)
             return
-
-        counted = _has_credentials(scope)
 
         async def watching_send(message: Message) -> None:
             if counted and message["type"] == "http.response.start" and message["status"] == 401:
@@ -90,16 +92,3 @@ class AuthThrottle:
             await send(message)
 
         await self.app(scope, receive, watching_send)
-
-
-async def _too_many(send: Send, retry_after: int) -> None:
-    body = json.dumps(
-        {"error": "too_many_requests", "detail": f"too many refused tokens from this address; retry in {retry_after} s"}
-    ).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"retry-after", str(retry_after).encode()),
-    ]
-    await send({"type": "http.response.start", "status": 429, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

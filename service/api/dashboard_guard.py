@@ -25,7 +25,7 @@ from starlette.datastructures import QueryParams
 from starlette.responses import JSONResponse, Response
 
 from service.api.dashboard_bodies import CHECKERS, BodyError, parse
-from service.api.dashboard_routes import CREATE, DELETE, PLOT, PLOT_TYPES, READ, RENAME, Match, canonical, has_control_character, match
+from service.api.dashboard_routes import CREATE, DELETE, PLOT, PLOT_TYPES, READ, RENAME, Match, canonical, match
 from service.api.deps import Runtime
 from service.db import audit
 from service.db.studies import get_study
@@ -67,8 +67,6 @@ class Forward:
 def decide(
     runtime: Runtime, storage: TeamStorage, caller: Principal, method: str, path: str, query: QueryParams, content_type: str | None, body: bytes
 ) -> Response | Forward:
-    if has_control_character(path):
-        return error(404, "not_found", "no such route: the path holds a control character")
     path = canonical(path)
     found = match(method, path)
     if found is None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
@@ -37,7 +37,7 @@ class Runtime:
     storage: BaseStorage
     store: ArtifactStore
     # Turns at drawing plots and reports (settings.render_concurrency): see `drawing`.
-    renders: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(2))
+    renders: threading.BoundedSemaphore
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

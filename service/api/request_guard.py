@@ -8,27 +8,28 @@ parameter. Both are answered in the API's error shape."""
 
 from __future__ import annotations
 
-import json
 from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.spec.limits import bad_text
+from service.api.errors import error_response
+from service.errors import InvalidRequest, NotFound, ServiceError
+from service.spec.limits import bad_text, has_control_character
 
 
 def _control(text: str) -> bool:
-    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in text) or bad_text(text) is not None
+    return has_control_character(text) or bad_text(text) is not None
 
 
-def refusal(scope: Scope) -> tuple[int, str, str] | None:
-    """(status, code, detail) for a request no route may see, or None."""
+def refusal(scope: Scope) -> ServiceError | None:
+    """The error for a request no route may see, or None."""
     if _control(scope.get("path", "")):
-        return 404, "not_found", "no such route: the path holds a control character"
+        return NotFound("no such route: the path holds a control character")
     query = scope.get("query_string", b"").decode("latin-1")
     if query:
         for name, value in parse_qsl(query, keep_blank_values=True):
             if _control(name) or _control(value):
-                return 422, "invalid_request", f"{name[:40]!r}: a query parameter may not hold a control character or NUL"
+                return InvalidRequest(f"{name[:40]!r}: a query parameter may not hold a control character or NUL")
     return None
 
 
@@ -41,8 +42,4 @@ class RequestGuard:
         if refused is None:
             await self.app(scope, receive, send)
             return
-        status, code, detail = refused
-        body = json.dumps({"error": code, "detail": detail}).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await error_response(refused, scope["method"], scope["path"])(scope, receive, send)

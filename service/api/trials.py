@@ -7,7 +7,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
@@ -75,18 +75,13 @@ async def _report_body(request: Request, bearer: Bearer) -> ReportRequest:
     batch; a bad body gets its 422 only after the token has been checked alone (401, 403)."""
     raw = await request.body()
     try:
-        data = json.loads(raw or b"null")
-    except (ValueError, RecursionError) as exc:
+        return ReportRequest.model_validate(json.loads(raw or b"null"))
+    except (ValueError, RecursionError) as exc:  # pydantic's ValidationError is a ValueError
         await bearer.check()
+        if isinstance(exc, ValidationError):
+            raise
         why = f"nested more than {MAX_DEPTH} levels deep" if isinstance(exc, RecursionError) else str(exc)
         raise InvalidRequest(f"body: not valid JSON: {why}") from exc
-    try:
-        return ReportRequest.model_validate(data)
-    except (ValidationError, RecursionError) as exc:
-        await bearer.check()
-        if isinstance(exc, RecursionError):
-            raise InvalidRequest(f"body: nested more than {MAX_DEPTH} levels deep") from exc
-        raise
 
 
 @router.post("/{trial_id}/heartbeat", response_model=HeartbeatResponse, responses=_LEASE_LOST)
@@ -116,6 +111,13 @@ LeaseHeader = Annotated[Text | None, Header(alias="X-HPO-Lease", min_length=1, m
 LeaseQuery = Annotated[Text | None, Query(min_length=1, max_length=36, description="the lease id, if not in X-HPO-Lease")]
 
 
+async def _lease(lease_id: LeaseQuery = None, x_hpo_lease: LeaseHeader = None) -> str | None:
+    return x_hpo_lease or lease_id
+
+
+CheckpointLease = Annotated[str | None, Depends(_lease)]
+
+
 def _checked(call: Callable[[], T], lease: str | None) -> T:
     """call(), where a missing lease id is named as such: another team's trial is still 404
     first (nothing tells it exists), the caller's own is 422 rather than 'lease lost'."""
@@ -138,8 +140,7 @@ async def checkpoint(
     caller: WorkerRole,
     step: Annotated[int, Query(ge=0, le=MAX_STEP)],
     value: Annotated[float, Query(allow_inf_nan=False)],
-    lease_id: LeaseQuery = None,
-    x_hpo_lease: LeaseHeader = None,
+    lease_id: CheckpointLease,
 ) -> dict[str, bool]:
     """Report the step's value and store the checkpoint taken at that step, in one call.
 
@@ -147,8 +148,6 @@ async def checkpoint(
     checked before the body is read, and the body goes to a spool file (in memory up to 1 MiB),
     not into memory whole: an upload to a trial that is not the caller's costs nothing, and
     concurrent large uploads cost the API no more memory than small ones."""
-
-    lease_id = x_hpo_lease or lease_id
 
     def _check() -> None:
         with runtime.transaction() as session:
@@ -181,12 +180,11 @@ async def checkpoint(
     },
 )
 def resume_checkpoint(
-    trial_id: int, runtime: RuntimeDep, caller: WorkerRole, lease_id: LeaseQuery = None, x_hpo_lease: LeaseHeader = None
+    trial_id: int, runtime: RuntimeDep, caller: WorkerRole, lease_id: CheckpointLease
 ) -> Response:
     """The checkpoint a retried trial resumes from: the latest one up its lineage."""
-    lease = x_hpo_lease or lease_id
     with runtime.transaction() as session:
-        found = _checked(lambda: trials.resume_checkpoint(session, runtime.storage, runtime.store, caller.team, trial_id, lease or ""), lease)
+        found = _checked(lambda: trials.resume_checkpoint(session, runtime.storage, runtime.store, caller.team, trial_id, lease_id or ""), lease_id)
     if found is None:
         return Response(status_code=204)
     step, data = found

@@ -5,7 +5,6 @@ one up its lineage (Optuna's retry_history)."""
 from __future__ import annotations
 
 import functools
-import io
 import logging
 import uuid
 from collections.abc import Sequence
@@ -43,12 +42,9 @@ def artifact_store(settings: Settings) -> ArtifactStore:
     return _store(str(artifact_dir(settings)), settings.artifact_s3_bucket)
 
 
-def save(session: Session, store: ArtifactStore, lease: Lease, step: int, data: BinaryIO | bytes, size: int | None = None) -> None:
-    """Keep `data` (bytes, or a file read from where it stands) as the trial's checkpoint at
+def save(session: Session, store: ArtifactStore, lease: Lease, step: int, data: BinaryIO, size: int) -> None:
+    """Keep `data` (`size` bytes, read from where the file stands) as the trial's checkpoint at
     `step`, replacing its previous one."""
-    if isinstance(data, bytes):
-        data, size = io.BytesIO(data), len(data)
-    assert size is not None
     artifact_id = f"checkpoint-{lease.trial_id}-{step}-{uuid.uuid4().hex[:8]}"
     store.write(artifact_id, data)
     row = session.get(Checkpoint, lease.trial_id, with_for_update=True)

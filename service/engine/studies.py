@@ -130,12 +130,13 @@ def summary_or_broken(session: Session, storage: BaseStorage, record: StudyRecor
             raise
         definition = record.spec if isinstance(record.spec, dict) else {}
         budget = definition.get("budget") if isinstance(definition.get("budget"), dict) else {}
+        n_trials = budget.get("n_trials")
         return {
             "name": record.name,
             "optuna_name": record.optuna_name,
             "state": "broken",
             "direction": str(definition.get("direction", "minimize")),
-            "n_trials": int(budget.get("n_trials", 0)) if isinstance(budget.get("n_trials", 0), int) else 0,
+            "n_trials": n_trials if isinstance(n_trials, int) else 0,
             "counts": {s: 0 for s in STATES},
             "best_trial": None,
             "created_at": record.created_at,

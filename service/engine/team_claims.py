@@ -27,7 +27,7 @@ from service.engine.lr_analysis import finder_name
 from service.engine.storage import not_the_studys_fault, optuna_errors
 from service.engine.studies import describe, spec_of
 from service.settings import Settings
-from service.spec import Assignment
+from service.spec import Assignment, StudySpec
 
 log = logging.getLogger("hpo.claims")
 
@@ -68,21 +68,24 @@ def candidates(session: Session, storage: BaseStorage, team: Team, only: Sequenc
     # the skew between the two.
     now = datetime.now(timezone.utc)
     records = [r for r in study_rows.list_studies(session, team.id) if not r.stopped and not resting(r, now)]
+    # Each definition validated once, and only where needed; one that fails marks its study.
+    specs: dict[int, StudySpec | None] = {}
+
+    def spec(r: StudyRecord) -> StudySpec | None:
+        if r.id not in specs:
+            specs[r.id] = _isolated(session, r, lambda: spec_of(r))[1]
+        return specs[r.id]
+
     if only:
-        wanted = set(only)
-        for r in records:
-            if r.name in set(only):
-                # A study's LR range test (auto_lr_range) is part of it: a worker asked for the study runs it.
-                ok, finder = _isolated(session, r, lambda r=r: finder_name(spec_of(r)) if spec_of(r).auto_lr_range else None)
-                if ok and finder is not None:
-                    wanted.add(finder)
-        records = [r for r in records if r.name in wanted]
-    counts = study_rows.lease_counts(session, [r.id for r in records])
+        asked = set(only)
+        # A study's LR range test (auto_lr_range) is part of it: a worker asked for the study runs it.
+        finders = {finder_name(s) for r in records if r.name in asked and (s := spec(r)) is not None and s.auto_lr_range}
+        records = [r for r in records if r.name in asked | finders]
+    usable = [(r, s) for r in records if (s := spec(r)) is not None]
+    counts = study_rows.lease_counts(session, [r.id for r, _ in usable])
     ranked = []
-    for r in records:
-        ok, budget = _isolated(session, r, lambda r=r: spec_of(r).budget)
-        if not ok or budget is None:
-            continue
+    for r, s in usable:
+        budget = s.budget
         originals, running = counts[r.id]
         # Stale leases still count as running here; try_claim reaps them under the lock.
         if originals < budget.n_trials or _isolated(session, r, lambda r=r: bool(waiting_trials(storage, r)))[1]:

@@ -7,7 +7,6 @@ stored study can never be one that a claim cannot serve."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 # A grid sampler's points (the product of its axes): claims index into the grid, but Optuna
@@ -78,7 +77,8 @@ def check_document(data: Any, where: str = "") -> None:
                 stack.append((value, f"{path}.{i}" if path else str(i), depth + 1))
 
 
-def grid_axis_size(low: float, high: float, step: float) -> int:
-    """Points of an evenly stepped axis from low to high (both ends when high is on the grid)."""
-    span = (high - low) / step
-    return int(math.floor(span + 1e-9)) + 1 if math.isfinite(span) else MAX_GRID_POINTS + 1
+def has_control_character(text: str) -> bool:
+    """C0, DEL and C1 controls, and the Unicode line and paragraph separators: in no name of
+    ours, nor in any route of optuna-dashboard's (whose Bottle routes end in `$`, which also
+    matches before a final newline)."""
+    return any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c in "\u2028\u2029" for c in text)
