@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -63,6 +64,12 @@ class Settings(BaseSettings):
     body_timeout_seconds: float = Field(30.0, gt=0)
     # /docs, /redoc and /openapi.json: open without a token (they hold no team data); false hides them.
     api_docs: bool = True
+
+    # GET /metrics (Prometheus): open to a scrape that sends this as its bearer token, or that
+    # comes from one of these networks (the TCP peer uvicorn reports; service/api/metrics.py).
+    # The default opens it to this host only; [] with a token set requires the token everywhere.
+    metrics_token: SecretStr | None = None
+    metrics_networks: list[IPvAnyNetwork] = Field(default_factory=lambda: [IPv4Network("127.0.0.1/32"), IPv6Network("::1/128")])
 
     # Only for `hpo token create|list|revoke` through the API (the same names the worker reads).
     server_url: str | None = None

@@ -26,6 +26,8 @@ def depths(w: Any) -> tuple[int, dict[str, int]]:
     body = r.json()
     per_study = {s["name"]: s["depth"] for s in body["studies"]}
     assert body["depth"] == sum(per_study.values())
+    assert body["running"] == sum(s["running"] for s in body["studies"])
+    assert body["demand"] == body["depth"] + body["running"]
     return body["depth"], per_study
 
 
@@ -40,6 +42,8 @@ def test_the_queue_counts_what_could_be_claimed_now(live_server: LiveServer, mak
         # Headroom: one running of narrow's two.
         w.post("/api/v1/trials/claim", json={"worker_id": "w", "studies": ["narrow"]}).raise_for_status()
         assert depths(w)[1]["narrow"] == 1
+        # The one running still needs its slot: demand stays what depth was before the claim.
+        assert w.get("/api/v1/queue").json()["demand"] == 2 + 3 + 1
         # The budget: wide's three all running leave nothing to start.
         claimed = [w.post("/api/v1/trials/claim", json={"worker_id": "w", "studies": ["wide"]}).json() for _ in range(3)]
         assert depths(w)[1]["wide"] == 0

@@ -29,6 +29,9 @@ ADMIN = ("admin",)
 OPEN_ROUTES = {("GET", "/healthz"), ("GET", "/readyz")}
 # Starlette's own routes for the documentation; they hold no team data.
 DOC_ROUTES = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+# Prometheus' scrape, outside the JSON API: its guard is the metrics token or network, never a
+# team token (tests/test_metrics.py).
+METRICS_ROUTE = "/metrics"
 # optuna-dashboard, mounted at /dashboard (service/api/dashboard.py): the login form is open, every
 # other path needs a dashboard session, and writes need member or admin.
 DASHBOARD = "/dashboard"
@@ -234,7 +237,7 @@ def test_every_route_is_in_the_schema_and_classified(api: Any) -> None:
             # Only the dashboard is mounted; test_dashboard_routes_need_a_session covers it.
             assert route.path == DASHBOARD, f"unexpected mount {route!r}: classify it in this test"
             continue
-        assert isinstance(route, Route) and route.path in DOC_ROUTES, f"unexpected route {route!r}"
+        assert isinstance(route, Route) and route.path in DOC_ROUTES | {METRICS_ROUTE}, f"unexpected route {route!r}"
     for method, path in documented:
         expected_roles(method, path)
 
@@ -348,6 +351,15 @@ def test_a_deleted_studys_trial_is_gone_for_its_team_and_unknown_to_others(api: 
     assert api.post(f"/api/v1/trials/{a['trial_id']}/heartbeat", json=body, headers=auth(mine)).status_code == 410
     other = api.post(f"/api/v1/trials/{a['trial_id']}/heartbeat", json=body, headers=auth(theirs))
     assert other.status_code == 404 and other.json()["error"] == "not_found"
+
+
+def test_no_team_token_opens_the_metrics(api: Any, world: World) -> None:
+    for token in (*world.tokens.values(), world.other_admin):
+        response = api.get(METRICS_ROUTE, headers=auth(token))
+        assert response.status_code == 401, (token, response.text)
+        assert world.study not in response.text
+    # No metrics token is configured here, and the in-process client is in no metrics network.
+    assert api.get(METRICS_ROUTE).status_code == 403
 
 
 def test_open_routes_stay_open(api: Any) -> None:

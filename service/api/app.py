@@ -10,9 +10,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse
 from sqlalchemy import text
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.api import errors, plots, presets, queue, studies, tokens, trials
+from service import metrics as instruments
+from service.api import errors, metrics, plots, presets, queue, studies, tokens, trials
 from service.api.dashboard import PREFIX as DASHBOARD_PREFIX
 from service.api.dashboard import Dashboard
 from service.api.deps import Runtime
@@ -20,11 +21,12 @@ from service.api.limits import BodyLimit
 from service.api.report_batcher import ReportBatcher
 from service.api.auth_throttle import AuthThrottle
 from service.api.report_fast_path import ReportFastPath
+from service.api.metrics import RequestMetrics
 from service.api.request_guard import RequestGuard
 from service.db.session import make_engine, make_sessionmaker
 from service.engine.checkpoints import artifact_store
 from service.engine.reaper import Reaper
-from service.engine.storage import make_storage
+from service.engine.storage import backend_of, make_storage
 from service.settings import Settings, get_settings
 
 
@@ -32,11 +34,14 @@ def build_runtime(settings: Settings) -> Runtime:
     if not settings.database_url:
         raise RuntimeError("HPO_DATABASE_URL is not set; `hpo serve` sets it (or starts the embedded database)")
     engine = make_engine(settings.database_url, settings)
+    storage = make_storage(settings.database_url, settings)
+    for pool in (engine, backend_of(storage).engine):
+        instruments.watch_pool(pool, settings.pool_size + settings.max_overflow)
     return Runtime(
         settings=settings,
         engine=engine,
         sessions=make_sessionmaker(engine),
-        storage=make_storage(settings.database_url, settings),
+        storage=storage,
         store=artifact_store(settings),
         renders=threading.BoundedSemaphore(settings.render_concurrency),
     )
@@ -77,16 +82,26 @@ class _Service(FastAPI):
             if report_fast_path
             else None
         )
-        # Outermost first: paths no route has (control characters), then refused tokens.
-        self._entry = RequestGuard(AuthThrottle(self.fast_path or stack, failures_per_minute=settings.auth_failures_per_minute))
+        # Outermost first: every answer counted (GET /metrics), paths no route has (control
+        # characters), then refused tokens.
+        self._entry = RequestMetrics(self._redirect_or(
+            RequestGuard(AuthThrottle(self.fast_path or stack, failures_per_minute=settings.auth_failures_per_minute))
+        ))
+
+    @staticmethod
+    def _redirect_or(app: ASGIApp) -> ASGIApp:
+        async def entry(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http" and scope["path"] == DASHBOARD_PREFIX:
+                # The one redirect the service makes, with a relative Location: Starlette's
+                # trailing-slash redirects are built from the Host header, which any client sets
+                # (the review's finding 16), so they are off (redirect_slashes below).
+                await RedirectResponse(DASHBOARD_PREFIX + "/", status_code=307)(scope, receive, send)
+                return
+            await app(scope, receive, send)
+
+        return entry
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == DASHBOARD_PREFIX:
-            # The one redirect the service makes, with a relative Location: Starlette's
-            # trailing-slash redirects are built from the Host header, which any client sets
-            # (the review's finding 16), so they are off (redirect_slashes below).
-            await RedirectResponse(DASHBOARD_PREFIX + "/", status_code=307)(scope, receive, send)
-            return
         await self._entry(scope, receive, send)
 
 
@@ -105,6 +120,7 @@ def create_app(settings: Settings | None = None, *, report_fast_path: bool = Tru
             reaper.stop()
             reports.close()
             runtime.engine.dispose()
+            metrics.process_ended()
 
     app = _Service(
         settings=settings,
@@ -127,6 +143,7 @@ def create_app(settings: Settings | None = None, *, report_fast_path: bool = Tru
     app.include_router(queue.router)
     app.include_router(presets.router)
     app.include_router(tokens.router)
+    app.router.routes.append(metrics.route)
     # optuna-dashboard, behind a login with a team token (service/api/dashboard.py).
     app.mount(DASHBOARD_PREFIX, Dashboard(), name="dashboard")
     app.add_middleware(

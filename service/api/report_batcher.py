@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import create_engine
 
+from service import metrics
 from service.api.deps import Runtime
 from service.db.session import engine_kwargs, make_sessionmaker
 from service.db.teams import authenticate
@@ -56,6 +57,7 @@ class ReportBatcher:
         kwargs = {**engine_kwargs(runtime.settings, f"{runtime.settings.application_name}-reports")}
         kwargs.update(pool_pre_ping=False, pool_size=in_flight, max_overflow=0)
         self._engine = create_engine(runtime.engine.url, **kwargs)
+        metrics.watch_pool(self._engine, in_flight)
         self._sessions = make_sessionmaker(self._engine)
         self._queue: list[tuple[PendingReport, asyncio.Future[bool]]] = []
         self._drains: set[asyncio.Task[None]] = set()
@@ -107,11 +109,18 @@ class ReportBatcher:
             await asyncio.sleep(GATHER_SECONDS / 4)
 
     def _run(self, reports: list[PendingReport]) -> list[_Outcome]:
+        outcomes = self._commit(reports)
+        decided = [o for o in outcomes if isinstance(o, bool)]
+        metrics.reported(prunes=sum(decided), reports=len(decided))
+        return outcomes
+
+    def _commit(self, reports: list[PendingReport]) -> list[_Outcome]:
         runtime = self.runtime
         try:
             with self._sessions() as session:
                 outcomes: list[_Outcome] = list(report_batch.report_many(session, runtime.storage, reports, runtime.settings))
                 session.commit()
+            metrics.REPORT_BATCH_SIZE.observe(len(reports))
             return outcomes
         except Exception as exc:
             if len(reports) == 1:
@@ -128,7 +137,8 @@ class ReportBatcher:
                 r.authorize(caller)
                 prune = trials.report(session, runtime.storage, caller.team, r.trial_id, r.lease_id, r.step, r.value, runtime.settings)
                 session.commit()
-                return prune
+            metrics.REPORT_BATCH_SIZE.observe(1)
+            return prune
         except Exception as exc:
             return exc
 

@@ -172,6 +172,8 @@ class QueuedStudy(BaseModel):
 class QueuePublic(BaseModel):
     team: str
     depth: int = Field(description="trials of the team a worker could claim now: the sum over its studies")
+    running: int = Field(description="trials of these studies running now (under a lease)")
+    demand: int = Field(description="depth + running: the worker slots the team's work fills now, for scaling a worker pool")
     studies: list[QueuedStudy] = Field(description="the team's studies that are not stopped")
 
 

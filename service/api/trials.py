@@ -12,6 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
+from service import metrics
 from service.api.deps import Bearer, RuntimeDep, WorkerBearer, WorkerCall, WorkerRole
 from service.api.report_batcher import ReportBatcher
 from service.api.schemas import (
@@ -50,6 +51,7 @@ async def claim(body: ClaimRequest, runtime: RuntimeDep, call: WorkerCall) -> An
         return team_claims.claim_any(session, runtime.storage, studies, body.worker_id, runtime.settings)
 
     assignment = await call.run(work)
+    metrics.CLAIMS.labels(outcome="no_work" if assignment is None else "assigned").inc()
     return Response(status_code=204) if assignment is None else assignment
 
 
@@ -167,7 +169,9 @@ async def checkpoint(
                     session, runtime.storage, runtime.store, caller.team, trial_id, lease_id, step, value, spool, size, runtime.settings
                 )
 
-        return {"prune": await run_in_threadpool(_save)}
+        prune = await run_in_threadpool(_save)
+        metrics.reported(prunes=int(prune))
+        return {"prune": prune}
 
 
 @router.get(

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -55,16 +60,40 @@ def serve(
     # The uvicorn processes build their own Settings from the environment; hand them the URL
     # of the embedded database when that is what we use.
     os.environ["HPO_DATABASE_URL"] = url
-    uvicorn.run(
-        "service.api.app:create_app",
-        factory=True,
-        host=host or settings.host,
-        port=port or settings.port,
-        workers=workers or settings.api_workers,
-        log_level=settings.log_level,
-        # uvicorn logs each request at info; below that level, don't even format the line.
-        access_log=settings.log_level in ("trace", "debug", "info"),
-    )
+    processes = workers or settings.api_workers
+    with _metrics_shared_by(processes):
+        uvicorn.run(
+            "service.api.app:create_app",
+            factory=True,
+            host=host or settings.host,
+            port=port or settings.port,
+            workers=processes,
+            log_level=settings.log_level,
+            # uvicorn logs each request at info; below that level, don't even format the line.
+            access_log=settings.log_level in ("trace", "debug", "info"),
+        )
+
+
+@contextmanager
+def _metrics_shared_by(processes: int) -> Iterator[None]:
+    """With several uvicorn processes, a scrape of GET /metrics reaches one of them: the
+    processes keep their counters in files in PROMETHEUS_MULTIPROC_DIR (prometheus-client's
+    multiprocess mode), which every scrape adds up. Ours is a new directory, removed at exit;
+    one set in the environment is used as it is, emptied of an earlier run's files first."""
+    if processes <= 1:
+        yield
+        return
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    directory = Path(given) if given else Path(tempfile.mkdtemp(prefix="hpo-metrics-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    try:
+        yield
+    finally:
+        if not given:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def down() -> None:

@@ -20,7 +20,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from service.db import audit
-from service.db.models import ROLES, Team, Token
+from service.db.models import ROLES, StudyRecord, Team, Token
 from service.errors import Conflict, InvalidRequest, NotFound, Unauthorized
 from service.spec import NAME_PATTERN, NAME_RULE
 
@@ -205,3 +205,9 @@ def _audit(session: Session, team_id: int, action: str, prefix: str, actor: Prin
 
 def db_now(session: Session) -> datetime:
     return session.execute(select(func.now())).scalar_one()
+
+
+def teams_with_studies(session: Session) -> Sequence[Team]:
+    """Every team that has a study, in name order (the metrics' per-team gauges)."""
+    has_study = select(StudyRecord.id).where(StudyRecord.team_id == Team.id).exists()
+    return session.scalars(select(Team).where(has_study).order_by(Team.name)).all()

@@ -201,6 +201,19 @@ def studies_with_unleased_running_trials(conn: Any) -> list[int]:
     return list(conn.execute(query).scalars())
 
 
+def trial_counts(conn: Any) -> list[tuple[int, TrialState, int]]:
+    """(our study id, state, trials) for every study of ours with trials: one grouped read over
+    Optuna's trials, however many studies there are."""
+    trials, studies = TRIALS.c, _STUDIES.c
+    query = (
+        select(StudyRecord.id, trials.state, func.count())
+        .join(_STUDIES, studies.study_name == StudyRecord.optuna_name)
+        .join(TRIALS, trials.study_id == studies.study_id)
+        .group_by(StudyRecord.id, trials.state)
+    )
+    return [(study_id, state, n) for study_id, state, n in conn.execute(query)]
+
+
 def _read(conn: Any, trial_id: int, cte: Any = None) -> tuple[TrialState | None, dict[int, float]]:
     trials, v = TRIALS.c, VALUES.c
     query = (

@@ -5,7 +5,10 @@ a study contributes the trials it has left to start (budget.n_trials less the li
 plus its retries waiting in Optuna, capped by its max_concurrent headroom. A stopped study, one
 resting after a failed claim (service/engine/team_claims.py) and one whose LR range test has not
 decided yet (auto_lr_range; its range test counts for itself) contribute nothing. Read without
-locks, like the claim's candidates: a figure of the moment, not a promise."""
+locks, like the claim's candidates: a figure of the moment, not a promise.
+
+`demand` adds the trials running now: the slots the team's work fills, what a worker Deployment
+scales on (scaling on `depth` alone would take away the workers that just claimed it)."""
 
 from __future__ import annotations
 
@@ -45,4 +48,6 @@ def depth(session: Session, storage: BaseStorage, team: Team) -> dict[str, Any]:
             {"name": r.name, "depth": ready, "remaining": remaining, "waiting": waiting, "running": running,
              "max_concurrent": spec.budget.max_concurrent}
         )
-    return {"team": team.name, "depth": sum(s["depth"] for s in studies), "studies": studies}
+    depth = sum(s["depth"] for s in studies)
+    running = sum(s["running"] for s in studies)
+    return {"team": team.name, "depth": depth, "running": running, "demand": depth + running, "studies": studies}

@@ -27,6 +27,7 @@ from service.engine import checkpoints, coordination, optuna_rows
 from service.engine.factories import load_study
 from service.engine.storage import backend_of, database_down, optuna_errors, retry_callback
 from service.engine.studies import spec_of
+from service.metrics import REAPER_ACTIONS
 from service.settings import Settings
 
 log = logging.getLogger("hpo.reaper")
@@ -90,6 +91,8 @@ def reap_study(session: Session, storage: BaseStorage, record: StudyRecord) -> i
                 )
                 ended += 1
         ended += _fail_orphans(session, storage, study, record, grace, running)
+    if ended:
+        REAPER_ACTIONS.labels(action="failed").inc(ended)
     return ended
 
 

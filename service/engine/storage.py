@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from service.db.session import engine_kwargs
 from service.errors import Conflict, NotFound, ServiceUnavailable
+from service.metrics import REAPER_ACTIONS
 from service.settings import Settings
 
 
@@ -41,7 +42,11 @@ class RetryPerStudy:
             retry = RetryHeartbeatStaleTrialCallback(
                 max_retry=self._max_retries.get(study.study_name, 0), inherit_intermediate_values=True
             )
+        history = trial.system_attrs.get("retry_history", [])
         retry(study, trial)
+        # Optuna's callback queues the copy unless the trial has been retried max_retry times.
+        if len(history) + 1 <= self._max_retries.get(study.study_name, 0):
+            REAPER_ACTIONS.labels(action="retried").inc()
 
 
 class NumberingRDBStorage(optuna.storages.RDBStorage):

@@ -30,6 +30,7 @@ from service.engine.lr_analysis import effective_spec, finder_name
 from service.engine.storage import backend_of, optuna_errors
 from service.engine.studies import spec_of
 from service.errors import Gone, InvalidRequest, LeaseLost, NotFound
+from service.metrics import finished as count_finished
 from service.settings import Settings
 from service.spec import Assignment, FinishState, StudySpec
 
@@ -276,6 +277,7 @@ def finish(
     if state == "failed" and reason == "interrupted":
         # The worker was shut down, not the trial broken: it resumes elsewhere, like a lost one.
         retry_lost_trial(storage, record, trial_id)
+    count_finished(state)
     return state
 
 
