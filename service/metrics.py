@@ -44,6 +44,15 @@ REAPER_ACTIONS = Counter(
     ["action"],
 )
 
+# Every label value exists from the start, at 0: a series that appears only with its first event
+# makes `rate()` and `increase()` miss that event (an alert on the first lost trial never fires).
+for _outcome in ("assigned", "no_work"):
+    CLAIMS.labels(outcome=_outcome)
+for _state in ("complete", "pruned", "failed"):
+    FINISHES.labels(state=_state)
+for _action in ("failed", "retried"):
+    REAPER_ACTIONS.labels(action=_action)
+
 # Gauges of this process, summed over the live processes in multiprocess mode.
 POOL_IN_USE = Gauge(
     "hpo_db_pool_connections_in_use", "Database connections checked out of this service's pools.", multiprocess_mode="livesum"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -189,3 +190,19 @@ def test_several_uvicorn_processes_add_up_to_one_set_of_counters(db_url: str, ma
         assert pids == {None}  # a live sum over the processes, not one series a process
     finally:
         server.stop()
+
+
+def test_every_metric_the_alert_rules_use_is_exposed(live_server: LiveServer, make_token: Any, team: str) -> None:
+    """deploy/prometheus/hpo-alerts.yaml (docs/deploy.md) names only metrics a real server has."""
+    import yaml
+
+    rules = yaml.safe_load((Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "hpo-alerts.yaml").read_text())
+    exprs = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    assert len(exprs) >= 4 and all(rule["alert"].startswith("Hpo") for group in rules["groups"] for rule in group["rules"])
+    with live_server.client(make_token(team, "member")) as m, live_server.client(make_token(team, "worker")) as w:
+        m.post("/api/v1/studies", json=quadratic("watched", 1, 1)).raise_for_status()
+        w.post("/api/v1/trials/claim", json={"worker_id": "w", "studies": ["nothing-here"]})
+        m.get("/api/v1/nope")  # a 404, so that a status other than 2xx has been counted
+    exposed = {name for name, _ in scrape(live_server.url, token=None)}
+    used = {name for expr in exprs for name in re.findall(r"\bhpo_[a-z_]+", expr)}
+    assert used and used <= exposed, used - exposed
