@@ -28,6 +28,25 @@ def test_finder_lr_rises_exponentially_from_low_to_high() -> None:
     assert f.lr_at(50) == pytest.approx(math.sqrt(1e-7 * 10))
 
 
+def test_a_subnormal_low_is_judged_not_overflowed() -> None:
+    """high / low overflows to inf for low = 5e-324 (the fuzzer found it: a 500 from the
+    definition's own validation). The sizes are worked out in logs instead."""
+    with pytest.raises(ValueError, match="at most 400"):
+        LrSweep(low=5e-324, high=100, points_per_decade=20)
+    assert len(LrSweep(low=5e-324, high=1e-320, points_per_decade=1).grid()) == 4
+    f = LrFinder(low=5e-324, high=10, steps=11)
+    lrs = [f.lr_at(i) for i in range(11)]
+    assert lrs[0] == 5e-324 and lrs[-1] == pytest.approx(10) and all(math.isfinite(lr) and lr > 0 for lr in lrs)
+    # 326 points over 325 decades: each one finite, none past the ends.
+    grid = LrSweep(low=5e-324, high=100, points_per_decade=1).grid()
+    assert len(grid) == 326 and all(5e-324 <= lr <= 100 for lr in grid)
+    # The range test fixes the other parameters at their middles: geometric ones in logs.
+    lr = {"type": "float", "low": 1e-5, "high": 1.0, "log": True}
+    tiny = {"type": "float", "low": 5e-324, "high": 1e-320, "log": True}
+    fixed = spec(auto_lr_range=True, space={"lr": lr, "weight_decay": tiny}).finder_spec().workload.fixed
+    assert 5e-324 <= fixed["weight_decay"] <= 1e-320  # not the underflowed product's root, 0
+
+
 def test_smooth_is_a_bias_corrected_moving_average() -> None:
     assert smooth([2.0, 2.0, 2.0], 0.9) == pytest.approx([2.0, 2.0, 2.0])  # no bias towards 0
     out = smooth([1.0, 3.0], 0.5)

@@ -33,15 +33,23 @@ class LrSweep(_Strict):
     def _ordered(self) -> LrSweep:
         if self.low >= self.high:
             raise ValueError(f"low must be < high, got low={self.low} high={self.high}")
-        if len(self.grid()) > 400:
-            raise ValueError(f"the grid has {len(self.grid())} points; at most 400 (fewer points per decade or a narrower range)")
+        if self._intervals() + 1 > 400:
+            raise ValueError(f"the grid has {self._intervals() + 1} points; at most 400 (fewer points per decade or a narrower range)")
         return self
+
+    def _decades(self) -> float:
+        # A difference of logs, not the log of a ratio: high / low overflows to inf for a
+        # subnormal low (5e-324), and the grid's size must be known before it is built.
+        return math.log10(self.high) - math.log10(self.low)
+
+    def _intervals(self) -> int:
+        return max(1, round(self._decades() * self.points_per_decade))
 
     def grid(self) -> list[float]:
         """The lrs, `points_per_decade` per factor of 10, both ends included."""
-        decades = math.log10(self.high / self.low)
-        n = max(1, round(decades * self.points_per_decade))
-        points = [_round(self.low * 10 ** (i * decades / n)) for i in range(n + 1)]
+        decades, n = self._decades(), self._intervals()
+        start = math.log10(self.low)
+        points = [_round(10 ** (start + i * decades / n)) for i in range(n + 1)]
         # Rounding must not push the ends outside the distribution Optuna records.
         points[0], points[-1] = self.low, self.high
         return points
@@ -65,7 +73,9 @@ class LrFinder(_Strict):
 
     def lr_at(self, step: int) -> float:
         """The lr of batch `step` (0-based)."""
-        return self.low * (self.high / self.low) ** (step / (self.steps - 1))
+        # In logs, for the same reason as LrSweep._decades: high / low may overflow.
+        log_low, log_high = math.log(self.low), math.log(self.high)
+        return min(self.high, max(self.low, math.exp(log_low + (log_high - log_low) * step / (self.steps - 1))))
 
 
 def _round(x: float) -> float:

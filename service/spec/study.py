@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import re
 from typing import Annotated, Any, Literal, Union
 
@@ -182,7 +184,8 @@ class StudySpec(_Strict):
             if isinstance(p, CategoricalParam):
                 fixed[name] = p.choices[0]
             elif isinstance(p, (FloatParam, IntParam)):
-                mid = (p.low * p.high) ** 0.5 if p.log else (p.low + p.high) / 2
+                # In logs and halves: the product or the sum of two extreme bounds overflows.
+                mid = 10 ** ((math.log10(p.low) + math.log10(p.high)) / 2) if p.log else p.low / 2 + p.high / 2
                 fixed[name] = round(mid) if isinstance(p, IntParam) else mid
             elif isinstance(p, ConditionalParam):
                 continue  # cases depend on a parent; the workload's default holds for the test
