@@ -299,7 +299,7 @@ def test_stopping_a_study_ends_its_trials_within_an_epoch(rig: Rig, token: str, 
 
 def test_two_api_processes_share_one_budget(rig: Rig, token: str, team: str) -> None:
     first, second = rig.api(), rig.api()
-    n, limit = 50, 4
+    n, limit = 30, 4
     with first.client(token) as c:
         assert c.post("/api/v1/studies", json=chaos_definition("shared", n, limit, 3, max_retries=2)).status_code == 201
     for i in range(6):
