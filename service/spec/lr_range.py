@@ -33,8 +33,8 @@ class LrSweep(_Strict):
     def _ordered(self) -> LrSweep:
         if self.low >= self.high:
             raise ValueError(f"low must be < high, got low={self.low} high={self.high}")
-        if self._intervals() + 1 > 400:
-            raise ValueError(f"the grid has {self._intervals() + 1} points; at most 400 (fewer points per decade or a narrower range)")
+        if (points := self._intervals() + 1) > 400:
+            raise ValueError(f"the grid has {points} points; at most 400 (fewer points per decade or a narrower range)")
         return self
 
     def _decades(self) -> float:
