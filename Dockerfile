@@ -43,9 +43,13 @@ RUN pip wheel --no-deps --wheel-dir /wheels /src
 # ---------------------------------------------------------------------------------------
 # api: `hpo serve` (default), `hpo migrate`, `hpo token ...`, `optuna-dashboard`.
 FROM base AS api
+# API_EXTRAS=gp adds torch, which the GP sampler fits with in the API process (README, Samplers);
+# with PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu it is the CPU wheel.
+ARG API_EXTRAS=""
 COPY --from=wheel /wheels/ /tmp/wheels/
-# Resolves against what base installed; pip only adds the project itself.
-RUN pip install -c constraints.txt /tmp/wheels/*.whl \
+# Resolves against what base installed; pip only adds the project itself (and the extras' packages).
+RUN set -eu; whl="$(ls /tmp/wheels/*.whl)"; \
+    pip install -c constraints.txt "${whl}${API_EXTRAS:+[$API_EXTRAS]}" \
  && rm -rf /tmp/wheels
 
 ENV HPO_HOST=0.0.0.0 \

@@ -23,6 +23,7 @@ from service.engine.storage import make_storage
 from service.settings import Settings
 from service.spec import StudySpec
 from tests.conftest import digits_definition
+from tests.curve_schedule import run_schedule
 
 
 @pytest.fixture(scope="module")
@@ -30,44 +31,34 @@ def storage(db_url: str, settings: Settings) -> optuna.storages.BaseStorage:
     return make_storage(db_url, settings)
 
 
+STATES = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
+
+
 def replay(storage: optuna.storages.BaseStorage, direction: str, pruner_args: dict[str, int], seed: int) -> tuple[list[bool], list[bool]]:
-    """Runs one random schedule of trials (several running at once, finishing out of order,
-    some complete, some pruned, some failed) through plain Optuna and through the flat path."""
-    rng = random.Random(seed)
+    """Runs one random schedule of trials (curve_schedule) through plain Optuna and through the flat path."""
     raw = optuna.create_study(direction=direction, pruner=optuna.pruners.MedianPruner(**pruner_args))
     flat = optuna.create_study(storage=storage, study_name=f"parity-{uuid.uuid4().hex[:8]}", direction=direction)
     pruner = optuna.pruners.MedianPruner(**pruner_args)
     sense = StudyDirection.MAXIMIZE if direction == "maximize" else StudyDirection.MINIMIZE
     raw_answers: list[bool] = []
     flat_answers: list[bool] = []
-    running: list[tuple[optuna.Trial, optuna.Trial, float, int]] = []
-    started = 0
-    while started < 40 or running:
-        if started < 40 and (len(running) < 4 and rng.random() < 0.6 or not running):
-            running.append((raw.ask(), flat.ask(), rng.uniform(0.5, 3.0), 0))
-            started += 1
-            continue
-        i = rng.randrange(len(running))
-        r, f, level, step = running[i]
-        step += 1
-        value = level / step + rng.gauss(0, 0.05)
+
+    def report(pair: tuple[optuna.Trial, optuna.Trial], step: int, value: float) -> bool:
+        r, f = pair
         r.report(value, step)
-        raw_prune = r.should_prune()
+        raw_answers.append(r.should_prune())
         storage.set_trial_intermediate_value(f._trial_id, step, value)
-        flat_prune = coordination.should_prune(
-            storage, flat._study_id, pruner, sense, f._trial_id, coordination.curve(storage, f._trial_id)
+        flat_answers.append(
+            coordination.should_prune(storage, flat._study_id, pruner, sense, f._trial_id, coordination.curve(storage, f._trial_id))
         )
-        raw_answers.append(raw_prune)
-        flat_answers.append(flat_prune)
-        end = raw_prune or step >= 8 or rng.random() < 0.05
-        if end:
-            state = TrialState.PRUNED if raw_prune else (TrialState.FAIL if rng.random() < 0.1 else TrialState.COMPLETE)
-            result = None if state != TrialState.COMPLETE else value
-            raw.tell(r, result, state=state)
-            flat.tell(f, result, state=state)
-            running.pop(i)
-        else:
-            running[i] = (r, f, level, step)
+        return raw_answers[-1]
+
+    def end(pair: tuple[optuna.Trial, optuna.Trial], state: str, value: float) -> None:
+        result = value if state == "complete" else None
+        raw.tell(pair[0], result, state=STATES[state])
+        flat.tell(pair[1], result, state=STATES[state])
+
+    run_schedule(seed, 40, lambda: (raw.ask(), flat.ask()), report, end)
     return raw_answers, flat_answers
 
 
@@ -166,7 +157,10 @@ class _Untouchable:
         raise AssertionError(f"after_trial read study.{name}")
 
 
-@pytest.mark.parametrize("kind", ["tpe", "random", "grid", "qmc", "cmaes"])
+# Not bruteforce: its after_trial only decides whether to call study.stop() (the space is used
+# up), which the service decides by the budget instead (StudySpec caps n_trials at the space's size;
+# tests/test_samplers_pruners.py).
+@pytest.mark.parametrize("kind", ["tpe", "random", "grid", "qmc", "cmaes", "gp", "nsga2", "nsga3"])
 def test_after_trial_of_every_sampler_the_service_builds_does_nothing(kind: str) -> None:
     """A finish sets the trial's state through the storage instead of study.tell, which would
     also call the sampler's after_trial: safe only while that hook does nothing for the samplers

@@ -15,7 +15,7 @@ reporting step: those are kept here per step, as the trials complete, so a repor
 against a ready array instead of walking every completed trial (O(completed trials) of Python
 per report, the one cost of a report that grew with the study). tests/test_coordination.py and
 bench/coordination.py compare the decisions with a plain Optuna study step by step. Other
-pruners get a real Optuna study (the slow path)."""
+pruners are Optuna's own, run on the study (optuna_pruning.py)."""
 
 from __future__ import annotations
 
@@ -349,6 +349,12 @@ def _nan_max(a: float, b: float) -> float:
     return b if math.isnan(a) else max(a, b)
 
 
+def judged_flat(pruner: optuna.pruners.BasePruner) -> bool:
+    """Whether this path decides for the pruner (none, median, percentile); any other pruner is
+    Optuna's own, run on the study (optuna_pruning.py)."""
+    return isinstance(pruner, (optuna.pruners.NopPruner, optuna.pruners.PercentilePruner))
+
+
 def should_prune(
     storage: BaseStorage,
     study_id: int,
@@ -358,15 +364,12 @@ def should_prune(
     intermediate_values: dict[int, float],
     at_step: AtStep | None = None,
 ) -> bool:
-    """Optuna's answer to trial.should_prune() for a trial with these intermediate values.
-    `at_step`: the completed trials at the trial's last step, when the caller just read them
-    (else the view is refreshed here)."""
+    """Optuna's answer to trial.should_prune() for a trial with these intermediate values, for a
+    pruner this path judges (judged_flat). `at_step`: the completed trials at the trial's last
+    step, when the caller just read them (else the view is refreshed here)."""
     if isinstance(pruner, optuna.pruners.NopPruner):
         return False
-    if not isinstance(pruner, optuna.pruners.PercentilePruner):
-        # Pruners that read more than completed trials get a real study and trial (the slow path).
-        study = optuna.load_study(study_name=storage.get_study_name_from_id(study_id), storage=storage, pruner=pruner)
-        return pruner.prune(study, storage.get_trial(trial_id))
+    assert isinstance(pruner, optuna.pruners.PercentilePruner), f"{type(pruner).__name__} is judged by optuna_pruning"
     summary = CurveSummary.of(intermediate_values)
     if at_step is None:
         trials = study_trials(storage, study_id)

@@ -3,24 +3,28 @@ API process rebuilds them here, from the same spec, in one place."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import optuna
 
-from service.spec import (
-    CategoricalParam,
-    ConditionalParam,
-    FloatParam,
-    IntParam,
+from service.errors import InvalidRequest
+from service.spec import CategoricalParam, ConditionalParam, FloatParam, IntParam, StudySpec, active_order, defaults_for
+from service.spec.pruners import (
+    HyperbandPruner,
     NoPruner,
+    PatientPruner,
     PercentilePruner,
-    StudySpec,
-    active_order,
-    defaults_for,
+    Pruner,
+    SuccessiveHalvingPruner,
+    ThresholdPruner,
+    Wrappable,
 )
+from service.spec.samplers import GpSampler, Nsga2Sampler, Nsga3Sampler, TpeSampler
 from service.spec.space import PlainParam
 
 
@@ -119,16 +123,43 @@ class _BudgetedGridSampler(optuna.samplers.GridSampler):
         pass
 
 
+def check_buildable(spec: StudySpec) -> None:
+    """What the definition cannot say about this process: a GP sampler fits with torch, which the
+    API image leaves out unless it is built with the `gp` extra (README, Samplers)."""
+    if spec.sampler.kind == "gp" and importlib.util.find_spec("torch") is None:
+        raise InvalidRequest(
+            "sampler.kind: gp fits its Gaussian process with torch, and this API process has no torch; "
+            "install hpo-service[gp] where the API runs (the api image: --build-arg API_EXTRAS=gp), or use tpe"
+        )
+
+
 def build_sampler(spec: StudySpec, n_claimed: int) -> optuna.samplers.BaseSampler:
+    with warnings.catch_warnings():
+        # Optuna marks NSGA-III, TPE's group and some crossovers experimental: said once, in the README.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return _sampler(spec, n_claimed)
+
+
+def _sampler(spec: StudySpec, n_claimed: int) -> optuna.samplers.BaseSampler:
     """A fresh sampler per claim, so any API process can serve any claim.
 
     A seeded sampler rebuilt for every claim would repeat its first draw forever, so the seed
     advances with the number of trials already claimed: reproducible, but not repetitive.
-    QMC is the exception: its sequence is keyed by the seed and must keep it."""
+    QMC and grid are the exceptions: their sequence is keyed by the seed and must keep it.
+    Every other sampler keeps what it learns in the trials themselves (TPE, GP and brute force
+    read them at each claim; CMA-ES and NSGA-II/III keep their generation in the trials' system
+    attributes), so rebuilding loses nothing."""
     s = spec.sampler
     seed = None if s.seed is None else s.seed + n_claimed
-    if s.kind == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
+    if isinstance(s, TpeSampler):
+        return optuna.samplers.TPESampler(
+            seed=seed,
+            n_startup_trials=s.n_startup_trials,
+            n_ei_candidates=s.n_ei_candidates,
+            multivariate=s.multivariate,
+            group=s.group,
+            constant_liar=s.constant_liar,
+        )
     if s.kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if s.kind == "grid":
@@ -139,13 +170,64 @@ def build_sampler(spec: StudySpec, n_claimed: int) -> optuna.samplers.BaseSample
         return optuna.samplers.QMCSampler(seed=s.seed if s.seed is not None else 0, warn_independent_sampling=False)
     if s.kind == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if isinstance(s, GpSampler):
+        return optuna.samplers.GPSampler(
+            seed=seed, n_startup_trials=s.n_startup_trials, deterministic_objective=s.deterministic_objective
+        )
+    if isinstance(s, (Nsga2Sampler, Nsga3Sampler)):
+        genetic: dict[str, Any] = dict(
+            population_size=s.population_size,
+            mutation_prob=s.mutation_prob,
+            crossover=_crossover(s.crossover),
+            crossover_prob=s.crossover_prob,
+            swapping_prob=s.swapping_prob,
+            seed=seed,
+        )
+        if isinstance(s, Nsga3Sampler):
+            return optuna.samplers.NSGAIIISampler(dividing_parameter=s.dividing_parameter, **genetic)
+        return optuna.samplers.NSGAIISampler(**genetic)
+    if s.kind == "bruteforce":
+        return optuna.samplers.BruteForceSampler(seed=seed)
     raise ValueError(f"unknown sampler {s.kind}")
 
 
+def _crossover(name: str) -> optuna.samplers.nsgaii.BaseCrossover:
+    crossovers = optuna.samplers.nsgaii
+    return {
+        "uniform": crossovers.UniformCrossover,
+        "blxalpha": crossovers.BLXAlphaCrossover,
+        "sbx": crossovers.SBXCrossover,
+        "vsbx": crossovers.VSBXCrossover,
+        "undx": crossovers.UNDXCrossover,
+        "spx": crossovers.SPXCrossover,
+    }[name]()
+
+
 def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
-    p = spec.pruner
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # PatientPruner
+        return _pruner(spec.pruner)
+
+
+def _pruner(p: Pruner | Wrappable) -> optuna.pruners.BasePruner:
     if isinstance(p, NoPruner):
         return optuna.pruners.NopPruner()
+    if isinstance(p, SuccessiveHalvingPruner):
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=p.min_resource,
+            reduction_factor=p.reduction_factor,
+            min_early_stopping_rate=p.min_early_stopping_rate,
+            bootstrap_count=p.bootstrap_count,
+        )
+    if isinstance(p, HyperbandPruner):
+        return optuna.pruners.HyperbandPruner(
+            min_resource=p.min_resource, max_resource=p.max_resource, reduction_factor=p.reduction_factor, bootstrap_count=p.bootstrap_count
+        )
+    if isinstance(p, ThresholdPruner):
+        return optuna.pruners.ThresholdPruner(lower=p.lower, upper=p.upper, n_warmup_steps=p.n_warmup_steps, interval_steps=p.interval_steps)
+    if isinstance(p, PatientPruner):
+        wrapped = None if p.wrapped is None else _pruner(p.wrapped)
+        return optuna.pruners.PatientPruner(wrapped, patience=p.patience, min_delta=p.min_delta)
     when = dict(
         n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps, interval_steps=p.interval_steps, n_min_trials=p.n_min_trials
     )

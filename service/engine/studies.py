@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from service.db import studies as study_rows
 from service.db.models import StudyRecord, Team
 from service.engine import lr_analysis
+from service.engine.factories import check_buildable
 from service.engine.diagnosis import DIAGNOSES, Diagnosed, hints
 from service.engine.diagnosis import counts as diagnosis_counts
 from service.engine.storage import not_the_studys_fault, optuna_errors, optuna_study_name
@@ -42,6 +43,7 @@ def create(session: Session, storage: BaseStorage, team: Team, spec: StudySpec) 
     # epoch, and must not feed this study's pruner or sampler); claims run it before this one's
     # trials. Both names are checked before either is created: Optuna's storage commits apart
     # from our transaction, so a half-made pair would leave an Optuna study behind.
+    check_buildable(spec)
     specs = [spec, spec.finder_spec()] if spec.auto_lr_range else [spec]
     for s in specs:
         if study_rows.get_study(session, team.id, s.name) is not None:

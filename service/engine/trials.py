@@ -24,7 +24,7 @@ from service.db.models import Lease, StudyRecord, Team
 from service.engine import checkpoints
 from service.engine.diagnosis import diagnose
 from service.engine.reaper import reap_study, retry_lost_trial
-from service.engine import coordination, optuna_rows
+from service.engine import coordination, optuna_pruning, optuna_rows
 from service.engine.factories import build_pruner, load_study, suggest
 from service.engine.lr_analysis import effective_spec, finder_name
 from service.engine.storage import backend_of, optuna_errors
@@ -205,19 +205,29 @@ def report(
 
 def report_on(session: Session, storage: BaseStorage, held: Held, step: int, value: float, settings: Settings) -> bool:
     """report, on a lease this transaction has locked and checked already (live)."""
-    _extend(session, held, settings, unless_fresh=True)
     record, trial_id = held.record, held.lease.trial_id
     spec = spec_of(record)
+    pruner = build_pruner(spec)
+    with optuna_errors():
+        study_id = coordination.optuna_study_id(storage, record.id, record.optuna_name)
+        if not coordination.judged_flat(pruner):
+            # Optuna's own pruner reads the study through the storage: the value is committed
+            # there first, as trial.report does, and before this transaction touches the trial
+            # (its heartbeat, in _extend), which would leave the storage's write waiting on us.
+            optuna_pruning.report_committed(storage, trial_id, step, value)
+            prune = record.stopped or optuna_pruning.should_prune(storage, study_id, pruner, trial_id)
+            _extend(session, held, settings, unless_fresh=True)
+            return prune
+    _extend(session, held, settings, unless_fresh=True)
     with optuna_errors():
         # The value goes into Optuna's table and the pruner reads the flat path's view, all on
         # this transaction's connection, in two or three statements (coordination.record_value):
         # no optuna.Study or Trial, whose construction reads the study (and a sampler, every trial).
-        study_id = coordination.optuna_study_id(storage, record.id, record.optuna_name)
         curve, at_step = coordination.record_value(session.connection(), storage, study_id, trial_id, step, value)
         if record.stopped:
             return True  # a stopped study lets its running trials go at their next report
         direction = optuna.study.StudyDirection.MAXIMIZE if spec.direction == "maximize" else optuna.study.StudyDirection.MINIMIZE
-        return coordination.should_prune(storage, study_id, build_pruner(spec), direction, trial_id, curve, at_step)
+        return coordination.should_prune(storage, study_id, pruner, direction, trial_id, curve, at_step)
 
 
 def checkpoint(

@@ -18,7 +18,9 @@ from service.spec.hyperparameters import (
     rules_for,
 )
 from service.spec.space import CategoricalParam, ConditionalParam, FloatParam, IntParam, Param, active_order
-from service.spec.study import NAME_PATTERN, NAME_RULE, Budget, MedianPruner, NoPruner, PercentilePruner, Sampler, StudySpec
+from service.spec.pruners import MedianPruner, NoPruner, PercentilePruner, Pruner
+from service.spec.samplers import Sampler
+from service.spec.study import NAME_PATTERN, NAME_RULE, Budget, StudySpec
 from service.spec.workload import Workload
 
 __all__ = [
@@ -41,6 +43,7 @@ __all__ = [
     "Param",
     "ParamRule",
     "PercentilePruner",
+    "Pruner",
     "SCHEDULES",
     "Sampler",
     "StudySpec",

@@ -51,3 +51,43 @@ def check_seed(seed: int | None, n_trials: int) -> None:
     top = MAX_SEED - n_trials
     if not 0 <= seed <= top:
         raise ValueError(f"sampler.seed: must be between 0 and {top} (2^32 - 1 - budget.n_trials, as the seed advances per claim), got {seed}")
+
+
+def bruteforce_size(space: dict[str, Any], fixed: dict[str, Any]) -> int:
+    """How many distinct trials the brute-force sampler can make of this space: every axis's
+    points, where a conditional parameter multiplies in only under the parent values that have
+    a case for it (`fixed`: the workload's values, for a parent that is not searched)."""
+
+    def points(name: str, param: Any) -> int:
+        if isinstance(param, FloatParam) and param.step is None:
+            raise ValueError(f"space.{name}: the bruteforce sampler needs a discrete space: give the float a step, or make it categorical")
+        return int(param.grid_size())
+
+    children: dict[str, list[tuple[str, ConditionalParam]]] = {}
+    for name, param in space.items():
+        if isinstance(param, ConditionalParam):
+            children.setdefault(param.on, []).append((name, param))
+            for key, case in param.cases.items():
+                points(f"{name}.cases.{key}", case)
+    size = 1
+    for name, param in space.items():
+        if isinstance(param, ConditionalParam):
+            continue
+        if name not in children:
+            size *= points(name, param)
+            continue
+        assert isinstance(param, CategoricalParam)  # the spec allows only categorical parents
+        size *= sum(_cases_product(children[name], choice) for choice in param.choices)
+    for parent, kids in children.items():
+        if parent not in space:
+            size *= _cases_product(kids, fixed.get(parent))
+    return size
+
+
+def _cases_product(kids: list[tuple[str, ConditionalParam]], parent_value: Any) -> int:
+    product = 1
+    for _, kid in kids:
+        case = kid.case_for(parent_value)
+        if case is not None:
+            product *= case.grid_size()
+    return product

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.spec import presets
 from service.spec.lr_range import LrFinder, LrSweep
+from service.spec.pruners import MedianPruner, Pruner
+from service.spec.samplers import Sampler, TpeSampler
 from service.spec.hyperparameters import USER_PARAM_NAME, ParamRule, defaults_for, rules_for
-from service.spec.sizes import check_grid, check_seed, check_space
+from service.spec.sizes import bruteforce_size, check_grid, check_seed, check_space
 from service.spec.space import CategoricalParam, ConditionalParam, FloatParam, IntParam, Param, case_key
 from service.spec.workload import Workload
 
@@ -23,40 +25,6 @@ NAME_RULE = "1-63 characters: lowercase letters, digits, '_', '.', '-'; starting
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class Sampler(_Strict):
-    kind: Literal["tpe", "random", "grid", "qmc", "cmaes"] = "tpe"
-    seed: int | None = None
-
-
-class _StepPruner(_Strict):
-    """What Optuna's MedianPruner and PercentilePruner share: when a trial may be judged."""
-
-    n_startup_trials: int = Field(5, ge=0)
-    n_warmup_steps: int = Field(0, ge=0)
-    interval_steps: int = Field(1, ge=1)
-    n_min_trials: int = Field(1, ge=1)
-
-
-class MedianPruner(_StepPruner):
-    kind: Literal["median"]
-
-
-class PercentilePruner(_StepPruner):
-    """Optuna's PercentilePruner: a trial whose best value so far is worse than this percentile of
-    the completed trials' values at the same step is pruned (median is 50). Lower prunes more:
-    25 keeps only trials in the best quarter (docs/benchmarks.md, section c, measures the trade)."""
-
-    kind: Literal["percentile"]
-    percentile: float = Field(ge=0, le=100)
-
-
-class NoPruner(_Strict):
-    kind: Literal["none"]
-
-
-Pruner = Annotated[Union[MedianPruner, PercentilePruner, NoPruner], Field(discriminator="kind")]
 
 
 class Budget(_Strict):
@@ -87,7 +55,7 @@ class StudySpec(_Strict):
     # Fine-tuning a pretrained model: the preset's lr range moves 1-2 orders of magnitude down.
     finetune: bool = False
     space: dict[str, Param] = Field(default_factory=dict)
-    sampler: Sampler = Field(default_factory=Sampler)
+    sampler: Sampler = Field(default_factory=TpeSampler)
     pruner: Pruner = Field(default_factory=lambda: MedianPruner(kind="median"))
     budget: Budget = Field(default_factory=Budget)
 
@@ -237,6 +205,11 @@ class StudySpec(_Strict):
             _check_env_names([*self.space, *self.workload.fixed])
         if self.sampler.kind == "grid" and self.kind == "search":
             check_grid(self.space)  # an lr_sweep's grid has its own bound (LrSweep)
+        if self.sampler.kind == "bruteforce":
+            # Every combination once, then the study is done: what Optuna's sampler does inside
+            # study.optimize (it stops the study), decided here by the budget instead.
+            fixed = {**defaults_for(self.workload.model), **self.workload.fixed}
+            self.budget.n_trials = min(self.budget.n_trials, bruteforce_size(self.space, fixed))
         check_seed(self.sampler.seed, self.budget.n_trials)
         return self
 

@@ -1,0 +1,68 @@
+"""GP, NSGA-II and the pruners Optuna judges itself, each in a small study that real `hpo worker`
+processes train to the end against a real server: one worker pool for all of them at once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+
+from tests.conftest import LiveServer, digits_definition, finish_with_workers, start_worker
+
+SPACE = {
+    "lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
+    "dropout": {"type": "float", "low": 0.2, "high": 0.5},
+}
+WORKLOAD = {"model": "mlp", "dataset": "digits", "epochs": 3, "hidden_size": 16, "n_layers": 1}
+
+
+def study(name: str, n_trials: int, **overrides: Any) -> dict[str, Any]:
+    return digits_definition(
+        name,
+        workload=WORKLOAD,
+        space=SPACE,
+        **{"sampler": {"kind": "random", "seed": 0}, "pruner": {"kind": "none"}, **overrides},
+        budget={"n_trials": n_trials, "max_concurrent": 2},
+    )
+
+
+STUDIES = {
+    "gp": study("gp", 5, sampler={"kind": "gp", "seed": 0, "n_startup_trials": 2}),
+    "nsga2": study("nsga2", 6, sampler={"kind": "nsga2", "seed": 0, "population_size": 2}),
+    "halving": study("halving", 6, pruner={"kind": "successive_halving", "min_resource": 1, "reduction_factor": 2}),
+    "hyperband": study("hyperband", 6, pruner={"kind": "hyperband", "min_resource": 1, "max_resource": 3, "reduction_factor": 2}),
+    # No validation loss is below 0: each trial is pruned at its first epoch.
+    "threshold": study("threshold", 3, pruner={"kind": "threshold", "upper": 0.0}),
+    # Maximizing the validation loss, which falls from the first epoch to the second for these
+    # (seeded) params: no improvement, so each trial is pruned at its second epoch.
+    "patience": study("patience", 3, direction="maximize", pruner={"kind": "patience", "patience": 0}),
+}
+
+
+def test_gp_nsga2_and_optunas_pruners_run_on_real_workers(live_server: LiveServer, make_token: Any, team: str, db_url: str) -> None:
+    token = make_token(team)
+    with live_server.client(token) as c:
+        for definition in STUDIES.values():
+            response = c.post("/api/v1/studies", json=definition)
+            assert response.status_code == 201, response.text
+        workers = [start_worker(live_server.url, token, "--worker-id", f"algo-{i}", "--exit-when-idle", "3") for i in range(2)]
+        finish_with_workers(c, workers, list(STUDIES), 600)
+        trials = {name: c.get(f"/api/v1/studies/{name}/trials").json()["trials"] for name in STUDIES}
+
+    for name, definition in STUDIES.items():
+        states = [t["state"] for t in trials[name]]
+        assert len(states) == definition["budget"]["n_trials"], (name, states)
+        assert "FAIL" not in states, (name, trials[name])
+    assert [len(t["intermediate_values"]) for t in trials["threshold"]] == [1, 1, 1]
+    assert {t["state"] for t in trials["threshold"]} == {"PRUNED"}
+    assert [len(t["intermediate_values"]) for t in trials["patience"]] == [2, 2, 2]
+    assert {t["state"] for t in trials["patience"]} == {"PRUNED"}
+
+    # What optuna-dashboard reads. NSGA-II kept its generations across claims in the trials
+    # (rebuilt per claim, it still counts on); GP sampled inside the space after its start-up.
+    nsga = optuna.load_study(study_name=f"{team}/nsga2", storage=db_url)
+    generations = sorted(t.system_attrs["NSGAIISampler:generation"] for t in nsga.trials)
+    assert generations[0] == 0 and generations[-1] >= 1, generations
+    gp = optuna.load_study(study_name=f"{team}/gp", storage=db_url)
+    assert all(1e-3 <= t.params["lr"] <= 1e-1 for t in gp.trials)
+    assert gp.best_value is not None
