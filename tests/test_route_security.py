@@ -133,7 +133,7 @@ def example(doc: dict[str, Any], schema: dict[str, Any], name: str, w: World) ->
     if kind == "boolean":
         return False
     if kind == "array":
-        return []
+        return [example(doc, schema.get("items", {}), name, w) for _ in range(schema.get("minItems", 0))]
     pytest.fail(f"no example for {name}: {schema}")
 
 

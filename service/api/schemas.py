@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from service.db.models import ROLES
-from service.spec import FinishState
+from service.spec import NAME_PATTERN, NAME_RULE, FinishState
 from service.spec.limits import bad_text, clean_text
 
 Role = Literal[ROLES]  # type: ignore[valid-type]
@@ -105,6 +105,7 @@ class TrialPublic(BaseModel):
     metrics: dict[str, float]
     distributions: dict[str, dict[str, Any]] = Field(description="the distribution each param was sampled from")
     retry_of: int | None = Field(description="the number of the trial this one retries (its worker was lost)")
+    carried_from: str | None = Field(None, description="<optuna study>#<number> of the trial this one copies (clone, import)")
     attempt: int = Field(description="1 for an original trial, 2 for its first retry, ...")
     datetime_start: datetime | None
     datetime_complete: datetime | None
@@ -112,6 +113,53 @@ class TrialPublic(BaseModel):
 
 class TrialsPublic(BaseModel):
     trials: list[TrialPublic]
+
+
+class _Forbid(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EnqueuedTrial(_Forbid):
+    params: dict[str, Any] = Field(description="values for some or all of the searched parameters; the rest are sampled")
+
+
+class EnqueueRequest(_Forbid):
+    trials: list[EnqueuedTrial] = Field(min_length=1, max_length=1000)
+
+
+class EnqueueResponse(BaseModel):
+    numbers: list[int] = Field(description="the queued trials' numbers, in the order given; claimed before sampled ones")
+
+
+class BudgetPatch(_Forbid):
+    """The bounds of service.spec.study.Budget."""
+
+    n_trials: int | None = Field(None, ge=1, le=1_000_000)
+    max_concurrent: int | None = Field(None, ge=1, le=10_000)
+    max_retries: int | None = Field(None, ge=0, le=100)
+
+
+class StudyPatch(BaseModel):
+    # Other keys are kept to be refused with a reason (service.engine.lifecycle.refuse_fixed_fields):
+    # "space: cannot change on an existing study ... clone it" says more than "extra input".
+    model_config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": False})
+
+    budget: BudgetPatch | None = None
+    stopped: bool | None = Field(None, description="true stops claims (as POST .../stop); false resumes a stopped study")
+
+
+class CloneRequest(_Forbid):
+    name: str = Field(pattern=NAME_PATTERN, description=NAME_RULE)
+    changes: dict[str, Any] = Field(
+        default_factory=dict,
+        description="parts of the definition to change (merged: null removes a key; a space entry is replaced whole)",
+    )
+    carry_trials: bool = Field(False, description="copy this study's complete and pruned trials that fit the new space")
+
+
+class StudyCloned(StudyCreated):
+    carried: int = Field(description="trials copied from the study cloned")
+    left_out: int = Field(description="complete or pruned trials not copied: their params leave the new space")
 
 
 class ClaimRequest(BaseModel):

@@ -73,7 +73,7 @@ async def create_study(request: Request, runtime: RuntimeDep, caller: Manager) -
     def _create() -> dict[str, Any]:
         with runtime.transaction() as session:
             record = studies.create(session, runtime.storage, caller.team, spec)
-            _audit(session, caller, "study.create", record.name, optuna_name=record.optuna_name, n_trials=spec.budget.n_trials)
+            audit_write(session, caller, "study.create", record.name, optuna_name=record.optuna_name, n_trials=spec.budget.n_trials)
             return {**studies.summary(session, runtime.storage, record), "warnings": warnings}
 
     return await run_in_threadpool(_create)
@@ -108,7 +108,7 @@ def stop_study(name: str, runtime: RuntimeDep, caller: Manager) -> dict[str, Any
         record = studies.get(session, caller.team, name, lock=True)
         was_stopped = record.stopped
         studies.stop(session, record)
-        _audit(session, caller, "study.stop", record.name, optuna_name=record.optuna_name, was_stopped=was_stopped)
+        audit_write(session, caller, "study.stop", record.name, optuna_name=record.optuna_name, was_stopped=was_stopped)
         session.flush()
         return studies.summary(session, runtime.storage, record)
 
@@ -118,10 +118,11 @@ def delete_study(name: str, runtime: RuntimeDep, caller: Manager) -> Response:
     """Delete the study from Optuna and from ours. Role: member or admin."""
     with runtime.transaction() as session:
         record = studies.get(session, caller.team, name, lock=True)
-        _audit(session, caller, "study.delete", record.name, optuna_name=record.optuna_name)
+        audit_write(session, caller, "study.delete", record.name, optuna_name=record.optuna_name)
         studies.delete(session, runtime.storage, record)
     return Response(status_code=204)
 
 
-def _audit(session: Any, caller: Principal, action: str, target: str, **detail: Any) -> None:
+def audit_write(session: Any, caller: Principal, action: str, target: str, **detail: Any) -> None:
+    """The audit event of a write to a study, by this caller."""
     audit.record(session, caller.team.id, action, target, actor=caller.prefix, role=caller.role, detail=detail)

@@ -14,6 +14,9 @@ from service.db.models import AuditEvent
 ACTIONS = (
     "study.create",
     "study.stop",
+    "study.enqueue",
+    "study.update",  # budgets raised, stopped or resumed (PATCH)
+    "study.clone",  # the target is the new study; detail.source the one cloned
     "study.delete",  # through REST, or the dashboard (detail.via = "dashboard")
     "token.create",
     "token.revoke",

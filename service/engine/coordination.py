@@ -36,7 +36,7 @@ from sqlalchemy import Integer, any_, bindparam, or_, select
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from service.engine import optuna_rows
-from service.engine.storage import backend_of
+from service.engine.storage import CARRIED_KEY, backend_of
 
 # Studies whose trials one API process keeps; the least recently used beyond that are dropped
 # (and rebuilt, with one full read, when used again).
@@ -103,7 +103,8 @@ class StudyTrials:
         with self.lock:
             for t in storage.get_all_trials(self.study_id, deepcopy=False):
                 if not self._known(t._trial_id) or t._trial_id in self.unfinished:
-                    self._note(t._trial_id, t.state, bool(t.system_attrs.get("retry_history")), t.intermediate_values)
+                    retry = bool(t.system_attrs.get("retry_history")) or CARRIED_KEY in t.system_attrs
+                    self._note(t._trial_id, t.state, retry, t.intermediate_values)
 
     def refresh_on(self, conn: Any) -> None:
         """Three small reads: (id, state) of the new and the unfinished trials, which of the
@@ -124,7 +125,9 @@ class StudyTrials:
             ending = [t for t, s in rows if s == TrialState.COMPLETE and (t in new or t in self.unfinished)]
         retries: set[int] = set()
         if new:
-            retried = select(system_attrs.trial_id).where(system_attrs.trial_id == any_(_ids(new)), system_attrs.key == "retry_history")
+            # Carried-in trials are no lineage of this study's either (the budget's count).
+            keys = system_attrs.key.in_(("retry_history", CARRIED_KEY))
+            retried = select(system_attrs.trial_id).where(system_attrs.trial_id == any_(_ids(new)), keys)
             retries = set(conn.scalars(retried))
         curves = _curves(conn, ending)
         with self.lock:

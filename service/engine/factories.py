@@ -47,6 +47,30 @@ def suggest(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
     return values
 
 
+def distributions_for(spec: StudySpec, params: dict[str, Any]) -> dict[str, optuna.distributions.BaseDistribution]:
+    """The distribution each of these params (checked by spec.check_params) is drawn from: what
+    suggest() would have given a trial with them."""
+    fixed = {**defaults_for(spec.workload.model), **spec.workload.fixed}
+    space = spec.search_space()
+    out: dict[str, optuna.distributions.BaseDistribution] = {}
+    for name in params:
+        param = space[name]
+        if isinstance(param, ConditionalParam):
+            case = param.case_for(params.get(param.on, fixed.get(param.on)))
+            assert case is not None
+            param = case
+        out[name] = _distribution(param)
+    return out
+
+
+def _distribution(p: PlainParam) -> optuna.distributions.BaseDistribution:
+    if isinstance(p, FloatParam):
+        return optuna.distributions.FloatDistribution(p.low, p.high, log=p.log, step=p.step)
+    if isinstance(p, IntParam):
+        return optuna.distributions.IntDistribution(p.low, p.high, log=p.log, step=p.step)
+    return optuna.distributions.CategoricalDistribution(p.choices)
+
+
 def _suggest_one(trial: optuna.Trial, name: str, p: PlainParam) -> Any:
     if isinstance(p, FloatParam):
         return trial.suggest_float(name, p.low, p.high, step=p.step, log=p.log)

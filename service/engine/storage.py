@@ -23,6 +23,11 @@ from service.metrics import REAPER_ACTIONS
 from service.settings import Settings
 
 
+# A trial copied in from another study (a clone's carried trials, an import): it informs the
+# sampler and the pruner, and is not one of this study's n_trials.
+CARRIED_KEY = "hpo:carried_from"
+
+
 class RetryPerStudy:
     """Optuna's RetryHeartbeatStaleTrialCallback, with each study's own budget.max_retries.
 

@@ -21,7 +21,7 @@ from service.engine import lr_analysis
 from service.engine.factories import check_buildable
 from service.engine.diagnosis import DIAGNOSES, Diagnosed, hints
 from service.engine.diagnosis import counts as diagnosis_counts
-from service.engine.storage import not_the_studys_fault, optuna_errors, optuna_study_name
+from service.engine.storage import CARRIED_KEY, not_the_studys_fault, optuna_errors, optuna_study_name
 from service.errors import Conflict, NotFound, ServiceError, StudyBroken
 from service.spec import StudySpec, defaults_for
 from service.spec.study import FINDER_SUFFIX
@@ -85,16 +85,17 @@ def list_for_team(session: Session, team: Team) -> list[StudyRecord]:
     return list(study_rows.list_studies(session, team.id))
 
 
-def _trials(storage: BaseStorage, record: StudyRecord) -> list[FrozenTrial]:
+def all_trials(storage: BaseStorage, record: StudyRecord) -> list[FrozenTrial]:
     with optuna_errors():
         study_id = storage.get_study_id_from_name(record.optuna_name)
         return storage.get_all_trials(study_id, deepcopy=False)
 
 
 def originals(trials: list[FrozenTrial]) -> int:
-    """Lineages started: every trial that is not a retry (Optuna's retry_history). Counted from
-    Optuna, not from leases, so a trial whose claim died before its lease committed counts too."""
-    return sum(1 for t in trials if not t.system_attrs.get("retry_history"))
+    """Lineages started: every trial that is not a retry (Optuna's retry_history) nor carried in
+    from another study. Counted from Optuna, not from leases, so a trial whose claim died before
+    its lease committed counts too."""
+    return sum(1 for t in trials if not t.system_attrs.get("retry_history") and CARRIED_KEY not in t.system_attrs)
 
 
 def state_of(record: StudyRecord, claimed: int, running: int, waiting: int = 0) -> str:
@@ -151,7 +152,7 @@ def summary_or_broken(session: Session, storage: BaseStorage, record: StudyRecor
 
 def summary(session: Session, storage: BaseStorage, record: StudyRecord) -> dict[str, Any]:
     spec = spec_of(record)
-    trials = _trials(storage, record)
+    trials = all_trials(storage, record)
     counts = Counter(t.state.name for t in trials)
     claimed, running = study_rows.lease_counts(session, [record.id])[record.id]
     # A value written past our checks (a dashboard "tell" of NaN or -inf, finding 7) is no best.
@@ -194,7 +195,7 @@ def _diagnosis(spec: StudySpec, trials: list[FrozenTrial]) -> dict[str, Any]:
 def trials(session: Session, storage: BaseStorage, record: StudyRecord) -> list[dict[str, Any]]:
     leases = study_rows.leases_by_trial(session, record.id)
     out = []
-    for t in _trials(storage, record):
+    for t in all_trials(storage, record):
         lease = leases.get(t._trial_id)
         # Lineage (Optuna's retry_history): the trial this one retries and how many attempts so far.
         history = t.system_attrs.get("retry_history", [])
@@ -217,6 +218,7 @@ def trials(session: Session, storage: BaseStorage, record: StudyRecord) -> list[
                 "metrics": attrs.get("metrics") or {},
                 "distributions": {name: json.loads(distribution_to_json(d)) for name, d in t.distributions.items()},
                 "retry_of": history[-1] if history else None,
+                "carried_from": t.system_attrs.get(CARRIED_KEY),
                 "attempt": len(history) + 1,
                 "datetime_start": t.datetime_start,
                 "datetime_complete": t.datetime_complete,
@@ -237,6 +239,11 @@ def _companions(session: Session, record: StudyRecord) -> list[StudyRecord]:
 def stop(session: Session, record: StudyRecord) -> None:
     for r in [record, *_companions(session, record)]:
         r.stopped = True
+
+
+def resume(session: Session, record: StudyRecord) -> None:
+    for r in [record, *_companions(session, record)]:
+        r.stopped = False
 
 
 def delete(session: Session, storage: BaseStorage, record: StudyRecord) -> None:

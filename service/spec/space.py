@@ -63,6 +63,19 @@ class FloatParam(_Strict):
         assert self.step is not None
         return math.ceil((self.high - self.low) / self.step + 0.5)
 
+    def check_value(self, value: Any) -> Any:
+        """A value given for this parameter (an enqueued trial, a carried-over one) is one the
+        sampler could have drawn: a number in [low, high], on the step's grid if there is one."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"must be a finite number, got {value!r}")
+        if not self.low <= value <= self.high:
+            raise ValueError(f"{value} is outside [{self.low}, {self.high}]")
+        if self.step is not None:
+            steps = (value - self.low) / self.step
+            if abs(steps - round(steps)) > 1e-8 * max(1.0, abs(steps)):
+                raise ValueError(f"{value} is not on the grid {self.low} + k * {self.step}")
+        return float(value)
+
 
 class IntParam(_Strict):
     type: Literal["int"]
@@ -84,6 +97,17 @@ class IntParam(_Strict):
 
     def grid_size(self) -> int:
         return (self.high - self.low) // self.step + 1
+
+    def check_value(self, value: Any) -> Any:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # JSON and YAML may write 64 as 64.0
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"must be an integer, got {value!r}")
+        if not self.low <= value <= self.high:
+            raise ValueError(f"{value} is outside [{self.low}, {self.high}]")
+        if (value - self.low) % self.step:
+            raise ValueError(f"{value} is not on the grid {self.low} + k * {self.step}")
+        return value
 
 
 Choice = Union[bool, int, float, str, None]
@@ -107,6 +131,12 @@ class CategoricalParam(_Strict):
 
     def grid_size(self) -> int:
         return len(self.choices)
+
+    def check_value(self, value: Any) -> Any:
+        # By type too: True is not the choice 1, nor 1.0 the choice "1".
+        if not any(type(c) is type(value) and c == value for c in self.choices):
+            raise ValueError(f"{value!r} is not one of the choices {self.choices}")
+        return value
 
 
 Plain = Annotated[Union[FloatParam, IntParam, CategoricalParam], Field(discriminator="type")]

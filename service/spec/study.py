@@ -14,7 +14,7 @@ from service.spec.pruners import MedianPruner, Pruner
 from service.spec.samplers import Sampler, TpeSampler
 from service.spec.hyperparameters import USER_PARAM_NAME, ParamRule, defaults_for, rules_for
 from service.spec.sizes import bruteforce_size, check_grid, check_seed, check_space
-from service.spec.space import CategoricalParam, ConditionalParam, FloatParam, IntParam, Param, case_key
+from service.spec.space import CategoricalParam, ConditionalParam, FloatParam, IntParam, Param, active_order, case_key
 from service.spec.workload import Workload
 
 # Study and team names end up in URLs and in Optuna's `<team>/<study>` names, so they stay
@@ -133,6 +133,35 @@ class StudySpec(_Strict):
                 space["seed"] = IntParam(type="int", low=0, high=self.sweep.seeds - 1)
             return space
         return dict(self.space)
+
+    def check_params(self, params: dict[str, Any], where: str = "params") -> dict[str, Any]:
+        """Values for some of the searched parameters (an enqueued trial, a carried-over one), as
+        a trial of this study could have drawn them: each in its range, a conditional's by its
+        parent's value, nothing outside the space. The ones left out are sampled. Returns them
+        normalised (an int written 64.0 is 64); ValueError names the first that does not fit."""
+        space = self.search_space()
+        for name in params:
+            if name not in space:
+                raise ValueError(f"{where}.{name}: not a searched parameter of this study; searched: {', '.join(sorted(space)) or 'none'}")
+        fixed = {**defaults_for(self.workload.model), **self.workload.fixed}
+        checked: dict[str, Any] = {}
+        for name in active_order(space):
+            if name not in params:
+                continue
+            param = space[name]
+            if isinstance(param, ConditionalParam):
+                if param.on in space and param.on not in params:
+                    raise ValueError(f"{where}.{name}: its range depends on {param.on}; give {param.on} too")
+                parent = params.get(param.on, fixed.get(param.on))
+                case = param.case_for(parent)
+                if case is None:
+                    raise ValueError(f"{where}.{name}: not a parameter when {param.on} is {parent!r}")
+                param = case
+            try:
+                checked[name] = param.check_value(params[name])
+            except ValueError as exc:
+                raise ValueError(f"{where}.{name}: {exc}") from None
+        return checked
 
     def with_lr_range(self, low: float, high: float) -> StudySpec:
         """This spec with its lr distribution narrowed (auto_lr_range)."""
