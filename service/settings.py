@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     # absent or wrong): JSON/YAML bodies, and the checkpoint upload (octet-stream) separately.
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
     max_checkpoint_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+    # An Optuna SQLite file uploaded to POST /api/v1/studies/{name}/import.
+    max_import_bytes: int = Field(256 * 1024 * 1024, ge=1024)
 
     # The built-in optuna-dashboard (/dashboard): its login cookie is `Secure` unless this is
     # false (plain-http local use: `hpo up`, tests); a login lasts this long at most.

@@ -20,6 +20,7 @@ from tests.conftest import LiveServer, auth, digits_definition
 
 BODY_LIMIT = 4096
 CHECKPOINT_LIMIT = 16384
+IMPORT_LIMIT = 8192
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +29,7 @@ def small_api(db_url: str, tmp_path_factory: Any) -> Iterator[TestClient]:
         database_url=db_url,
         max_body_bytes=BODY_LIMIT,
         max_checkpoint_bytes=CHECKPOINT_LIMIT,
+        max_import_bytes=IMPORT_LIMIT,
         artifact_dir=tmp_path_factory.mktemp("artifacts"),
     )
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
@@ -162,3 +164,17 @@ def test_every_error_has_one_shape(api: TestClient, make_token: Any, team: str) 
     assert_error(api.get("/api/v1/audit", params={"limit": "many"}, headers=auth(admin)), 422, "invalid_request")
     big = {"Content-Length": str(10 * 1024 * 1024), "Content-Type": "application/json"}
     assert_error(api.post("/api/v1/studies", content=b"{}", headers={**auth(admin), **big}), 413, "payload_too_large")
+
+
+def test_an_import_has_its_own_limit(small_api: TestClient, make_token: Any, team: str, db_url: str) -> None:
+    token = make_token(team)
+    assert small_api.post("/api/v1/studies", json=digits_definition("imp"), headers=auth(token)).status_code == 201
+    headers = {**auth(token), "Content-Type": "application/octet-stream"}
+    before = stored(db_url, team)
+    # Over the JSON limit, under the import limit: judged (not an SQLite file), not refused for size.
+    for url in ("/api/v1/studies/imp/import", "/api/v1/studies/import?name=imp2"):
+        assert_error(small_api.post(url, content=b"s" * (BODY_LIMIT * 2), headers=headers), 422, "invalid_request")
+    for url in ("/api/v1/studies/imp/import", "/api/v1/studies/import?name=imp2"):
+        body = assert_error(small_api.post(url, content=b"s" * (IMPORT_LIMIT + 1), headers=headers), 413, "payload_too_large")
+        assert "HPO_MAX_IMPORT_BYTES" in body["detail"]
+    assert stored(db_url, team) == before

@@ -170,7 +170,7 @@ def test_a_clone_carries_the_trials_that_fit_its_space_into_optuna(api: Any, mak
     run_trial(api, token, source, [1.5, 1.2, 1.1])  # lr 0.3: outside the clone's range
     run_trial(api, token, source, [1.0, 0.7, 0.5])
     run_trial(api, token, source, [1.4, 1.3], state="pruned")
-    run_trial(api, token, source, [2.0], state="failed")  # nothing to carry
+    run_trial(api, token, source, [2.0], state="failed")  # carried too: the sampler knows where it failed
 
     changes = {"space": {"lr": {"type": "float", "low": 1e-4, "high": 0.1, "log": True}}, "budget": {"n_trials": 3}}
     response = api.post(
@@ -178,19 +178,19 @@ def test_a_clone_carries_the_trials_that_fit_its_space_into_optuna(api: Any, mak
     )
     assert response.status_code == 201, response.text
     body = response.json()
-    assert (body["carried"], body["left_out"]) == (2, 1)
+    assert (body["carried"], body["left_out"]) == (3, 1)
     assert body["definition"]["space"]["lr"]["high"] == 0.1 and body["n_trials"] == 3
-    assert body["state"] == "running" and body["counts"]["COMPLETE"] == 1 and body["counts"]["PRUNED"] == 1
+    assert body["state"] == "running" and [body["counts"][s] for s in ("COMPLETE", "PRUNED", "FAIL")] == [1, 1, 1]
 
     theirs = optuna.load_study(study_name=f"{team}/{source}", storage=db_url).trials
     ours = optuna.load_study(study_name=f"{team}/{source}-b", storage=db_url).trials
     assert [(t.state, t.values, t.params, t.intermediate_values) for t in ours] == [
-        (t.state, t.values, t.params, t.intermediate_values) for t in theirs if t.number in (1, 2)
+        (t.state, t.values, t.params, t.intermediate_values) for t in theirs if t.number in (1, 2, 3)
     ]
-    assert [t.system_attrs[CARRIED_KEY] for t in ours] == [f"{team}/{source}#1", f"{team}/{source}#2"]
+    assert [t.system_attrs[CARRIED_KEY] for t in ours] == [f"{team}/{source}#{n}" for n in (1, 2, 3)]
     assert ours[0].distributions["lr"].high == 0.1  # the clone's space, which TPE reads
     listing = api.get(f"/api/v1/studies/{source}-b/trials", headers=auth(token)).json()["trials"]
-    assert [t["carried_from"] for t in listing] == [f"{team}/{source}#1", f"{team}/{source}#2"]
+    assert [t["carried_from"] for t in listing] == [f"{team}/{source}#{n}" for n in (1, 2, 3)]
     # Carried trials inform the sampler; the clone's own budget is still whole.
     assert [claim(api, token, f"{source}-b") is not None for _ in range(4)] == [True, True, True, False]
     assert "study.clone" in {e["action"] for e in audit_events(api, token)}

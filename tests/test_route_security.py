@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
+import optuna
 import pytest
 from fastapi.routing import APIRoute
 from starlette.routing import Mount, Route
@@ -46,6 +49,8 @@ def expected_roles(method: str, path: str) -> tuple[str, ...] | None:
     """The roles a route must demand (None: open to anyone). Fails on a route it doesn't know."""
     if (method, path) in OPEN_ROUTES:
         return None
+    if path == "/api/v1/studies/{name}/import/database":
+        return ADMIN  # it reads Optuna studies outside the team's own (a notebook's, on the same database)
     if path == "/api/v1/studies" or path.startswith(("/api/v1/studies/", "/api/v1/presets")):
         return READ if method == "GET" else MANAGE
     if path.startswith("/api/v1/trials/") or path == "/api/v1/queue":
@@ -115,6 +120,8 @@ def example(doc: dict[str, Any], schema: dict[str, Any], name: str, w: World) ->
     known = {"lease_id": w.lease_id, "worker_id": "w", "step": 1, "value": 0.5, "state": "failed", "role": "viewer"}
     if name in known:
         return known[name]
+    if name == "name":  # a new study's (an import's, a clone's): another team's claims may get it
+        return f"theirs-{uuid.uuid4().hex[:6]}"
     schema = resolve(doc, schema)
     if "anyOf" in schema:
         options = [s for s in schema["anyOf"] if resolve(doc, s).get("type") != "null"]
@@ -179,7 +186,9 @@ def calls(api: Any, w: World, *, as_other_team: bool = False) -> list[Call]:
             content = op.get("requestBody", {}).get("content", {})
             if content:
                 media = next(iter(content))
-                if media == "application/octet-stream":
+                if media == "application/octet-stream" and path.endswith("/import"):
+                    body = {"content": exported_study(), "headers": {"Content-Type": media}}
+                elif media == "application/octet-stream":
                     body = {"content": b"checkpoint", "headers": {"Content-Type": media}}
                 elif content[media].get("schema", {}).get("$ref", "").endswith("/StudySpec"):
                     name = f"theirs-{uuid.uuid4().hex[:6]}" if as_other_team else f"{w.study}-2"
@@ -190,6 +199,15 @@ def calls(api: Any, w: World, *, as_other_team: bool = False) -> list[Call]:
                 body["headers"] = {**body.get("headers", {}), **lease}
             out.append(Call(method, path, url, params, body, resource))
     return out
+
+
+def exported_study() -> bytes:
+    """An Optuna SQLite file as `GET .../export` writes it: a study carrying its definition."""
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{tmp}/study.db"
+        optuna.create_study(study_name="exported", storage=url).set_user_attr("hpo_definition", digits_definition("exported"))
+        optuna.storages.RDBStorage(url).engine.dispose()
+        return (Path(tmp) / "study.db").read_bytes()
 
 
 def snapshot(api: Any, w: World) -> str:

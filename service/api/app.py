@@ -13,7 +13,7 @@ from sqlalchemy import text
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import metrics as instruments
-from service.api import errors, metrics, plots, presets, queue, studies, study_lifecycle, tokens, trials
+from service.api import errors, metrics, plots, presets, queue, studies, study_lifecycle, study_transfer, tokens, trials
 from service.api.dashboard import PREFIX as DASHBOARD_PREFIX
 from service.api.dashboard import Dashboard
 from service.api.deps import Runtime
@@ -139,6 +139,7 @@ def create_app(settings: Settings | None = None, *, report_fast_path: bool = Tru
     errors.install(app)
     app.include_router(studies.router)
     app.include_router(study_lifecycle.router)
+    app.include_router(study_transfer.router)
     app.include_router(plots.router)
     app.include_router(trials.router)
     app.include_router(queue.router)
@@ -151,6 +152,7 @@ def create_app(settings: Settings | None = None, *, report_fast_path: bool = Tru
         BodyLimit,
         max_body_bytes=settings.max_body_bytes,
         max_checkpoint_bytes=settings.max_checkpoint_bytes,
+        max_import_bytes=settings.max_import_bytes,
         body_timeout_seconds=settings.body_timeout_seconds,
     )
 

@@ -17,18 +17,31 @@ from service.errors import PayloadTooLarge, RequestTimeout
 
 # The checkpoint upload is the one route with a large body: model and optimizer state.
 CHECKPOINT_ROUTE = re.compile(r"^/api/v1/trials/[^/]+/checkpoint/?$")
+# And an Optuna SQLite file, imported into a study.
+IMPORT_ROUTE = re.compile(r"^/api/v1/studies/([^/]+/)?import/?$")
 
 
 class BodyLimit:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, max_checkpoint_bytes: int, body_timeout_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        max_checkpoint_bytes: int,
+        max_import_bytes: int | None = None,
+        body_timeout_seconds: float = 30.0,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.max_checkpoint_bytes = max_checkpoint_bytes
+        self.max_import_bytes = max_checkpoint_bytes if max_import_bytes is None else max_import_bytes
         self.body_timeout_seconds = body_timeout_seconds
 
     def limit_for(self, scope: Scope) -> tuple[int, str]:
         if scope["method"] == "POST" and CHECKPOINT_ROUTE.match(scope["path"]):
             return self.max_checkpoint_bytes, "HPO_MAX_CHECKPOINT_BYTES"
+        if scope["method"] == "POST" and IMPORT_ROUTE.match(scope["path"]):
+            return self.max_import_bytes, "HPO_MAX_IMPORT_BYTES"
         return self.max_body_bytes, "HPO_MAX_BODY_BYTES"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

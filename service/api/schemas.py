@@ -154,12 +154,21 @@ class CloneRequest(_Forbid):
         default_factory=dict,
         description="parts of the definition to change (merged: null removes a key; a space entry is replaced whole)",
     )
-    carry_trials: bool = Field(False, description="copy this study's complete and pruned trials that fit the new space")
+    carry_trials: bool = Field(False, description="copy this study's finished trials that fit the new space")
 
 
 class StudyCloned(StudyCreated):
     carried: int = Field(description="trials copied from the study cloned")
-    left_out: int = Field(description="complete or pruned trials not copied: their params leave the new space")
+    left_out: int = Field(description="finished trials not copied: their params leave the new space")
+
+
+class StudyImported(StudyPublic):
+    carried: int = Field(description="finished trials copied in")
+    left_out: int = Field(description="finished trials not copied: their params leave the study's space")
+
+
+class DatabaseImport(_Forbid):
+    optuna_study: Text = Field(min_length=1, max_length=512, description="an Optuna study on the service's database, by its Optuna name")
 
 
 class ClaimRequest(BaseModel):

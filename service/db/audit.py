@@ -17,6 +17,7 @@ ACTIONS = (
     "study.enqueue",
     "study.update",  # budgets raised, stopped or resumed (PATCH)
     "study.clone",  # the target is the new study; detail.source the one cloned
+    "study.import",  # trials copied in from an Optuna SQLite file or another Optuna study
     "study.delete",  # through REST, or the dashboard (detail.via = "dashboard")
     "token.create",
     "token.revoke",

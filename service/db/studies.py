@@ -172,3 +172,8 @@ def leases_by_trial(session: Session, study_id: int) -> dict[int, Lease]:
 def now(session: Session) -> datetime:
     """The database's clock, so that lease expiry does not depend on API hosts agreeing on time."""
     return session.execute(select(func.now())).scalar_one()
+
+
+def owner_of_optuna_study(session: Session, optuna_name: str) -> int | None:
+    """The team whose study is stored in Optuna under this name, if the service manages it."""
+    return session.scalar(select(StudyRecord.team_id).where(StudyRecord.optuna_name == optuna_name))

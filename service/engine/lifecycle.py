@@ -121,7 +121,7 @@ def clone(
     session: Session, storage: BaseStorage, team: Team, record: StudyRecord, name: str, changes: dict[str, Any], carry: bool
 ) -> tuple[StudyRecord, int, int]:
     """A new study of the team from this one's definition with `changes`; with `carry`, this
-    study's complete and pruned trials that fit the new space go with it (Optuna's add_trials),
+    study's finished trials that fit the new space go with it (Optuna's add_trials),
     so its sampler starts informed. Returns (the new study, trials carried, trials left out)."""
     data = merged(studies.spec_of(record).model_dump(mode="json"), {**changes, "name": name})
     spec = StudySpec.model_validate(data)  # a ValidationError is the API's 422, naming the field
@@ -133,14 +133,14 @@ def clone(
 
 
 def carry_trials(storage: BaseStorage, optuna_name: str, spec: StudySpec, trials: list[FrozenTrial], origin: str) -> tuple[int, int]:
-    """Copies of the complete and pruned trials whose params fit `spec`'s space, marked with where
+    """Copies of the finished (complete, pruned, failed) trials whose params fit `spec`'s space, marked with where
     they came from (CARRIED_KEY: they inform the sampler and the pruner, and do not count against
     n_trials). Returns (carried, left out)."""
     copies = []
     left_out = 0
     for t in trials:
-        if t.state not in (TrialState.COMPLETE, TrialState.PRUNED):
-            continue
+        if not t.state.is_finished():
+            continue  # running or waiting: it would never finish in the other study
         try:
             params = spec.check_params(t.params)
         except ValueError:
