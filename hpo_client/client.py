@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,18 @@ import httpx
 import yaml
 
 from hpo_client.errors import HpoError, ServerUnreachable, error_from_response
-from hpo_client.models import AuditEvent, BestTrial, Preset, Study, StudyCreated, TokenCreated, TokenList, Trial
+from hpo_client.models import (
+    AuditEvent,
+    BestTrial,
+    Preset,
+    Study,
+    StudyCloned,
+    StudyImported,
+    StudyCreated,
+    TokenCreated,
+    TokenList,
+    Trial,
+)
 
 PLOT_KINDS = ("history", "curves", "lr", "importance", "parallel")
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -147,6 +158,75 @@ class Client:
     def stop(self, name: str) -> Study:
         """No more trials are handed out; running ones are pruned at their next report."""
         return Study.model_validate(self._request("POST", self._study_path(name, "stop")).json())
+
+    # -- after create: queue trials, raise budgets, resume, clone --------------------------
+
+    def enqueue(self, name: str, params_list: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> list[int]:
+        """Queue trials with these params (a single dict: one trial), claimed before sampled
+        ones; params left out are sampled. They count in n_trials. Returns their numbers."""
+        items = [params_list] if isinstance(params_list, Mapping) else list(params_list)
+        body = {"trials": [{"params": dict(params)} for params in items]}
+        return list(self._request("POST", self._study_path(name, "trials"), json=body).json()["numbers"])
+
+    def update(self, name: str, *, stopped: bool | None = None, **budget: Any) -> Study:
+        """Change the budgets given, e.g. n_trials=40, max_concurrent=4 (None: kept), and stop
+        (stopped=True) or resume (False) the study."""
+        body: dict[str, Any] = {}
+        given = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in budget.items() if v is not None}
+        if given:
+            body["budget"] = given
+        if stopped is not None:
+            body["stopped"] = stopped
+        return Study.model_validate(self._request("PATCH", self._study_path(name), json=body).json())
+
+    def extend(
+        self, name: str, *, n_trials: int | None = None, max_concurrent: int | None = None, max_retries: int | None = None
+    ) -> Study:
+        """Change the budgets given; raising n_trials makes a finished study run again."""
+        if n_trials is None and max_concurrent is None and max_retries is None:
+            raise ValueError("extend: give at least one of n_trials, max_concurrent, max_retries")
+        return self.update(name, n_trials=n_trials, max_concurrent=max_concurrent, max_retries=max_retries)
+
+    def resume(self, name: str, *, n_trials: int | None = None) -> Study:
+        """Resume a stopped study (optionally raising n_trials in the same change)."""
+        return self.update(name, n_trials=n_trials, stopped=False)
+
+    def clone(
+        self, name: str, new_name: str, *, changes: Mapping[str, Any] | None = None, carry_trials: bool = False
+    ) -> StudyCloned:
+        """A new study from this one's definition with `changes` merged in (None removes a key; a
+        space entry is replaced whole); with carry_trials, the finished trials that fit the new
+        space are copied into it (`carried`; the others are `left_out`)."""
+        body = {"name": new_name, "changes": dict(changes or {}), "carry_trials": carry_trials}
+        return StudyCloned.model_validate(self._request("POST", self._study_path(name, "clone"), json=body).json())
+
+    # -- Optuna SQLite files in and out --------------------------------------------------------
+
+    def export(self, name: str) -> bytes:
+        """The study as an Optuna SQLite file: `optuna.load_study(study_name=name, storage="sqlite:///<file>")`."""
+        return self._request("GET", self._study_path(name, "export")).content
+
+    def import_file(
+        self, data: bytes | str | Path, *, into: str | None = None, name: str | None = None, from_study: str | None = None
+    ) -> StudyImported:
+        """Copy the finished trials of an Optuna SQLite file's study (`from_study`, or its only
+        one) into the study `into`, or into a new study `name` made from the file's definition
+        (an `export`). `data`: the file's bytes, or its path."""
+        if (into is None) == (name is None):
+            raise ValueError("import_file: give into= (an existing study) or name= (a new one), not both")
+        body = data if isinstance(data, bytes) else Path(data).read_bytes()
+        params = {"from_study": from_study} if from_study else {}
+        headers = {"Content-Type": "application/octet-stream"}
+        if into is not None:
+            response = self._request("POST", self._study_path(into, "import"), content=body, params=params, headers=headers)
+        else:
+            response = self._request("POST", "/api/v1/studies/import", content=body, params={**params, "name": name}, headers=headers)
+        return StudyImported.model_validate(response.json())
+
+    def import_database_study(self, into: str, optuna_study: str) -> StudyImported:
+        """Copy the finished trials of another Optuna study on the service's database (admin)."""
+        response = self._request("POST", self._study_path(into, "import", "database"), json={"optuna_study": optuna_study})
+        return StudyImported.model_validate(response.json())
 
     def delete(self, name: str) -> None:
         """Delete the study and its trials, in Optuna's storage too. There is no undo."""

@@ -41,6 +41,7 @@ class Study(_Model):
     created_at: datetime | None = None
     definition: dict[str, Any] = Field(default_factory=dict)
     diagnosis: Diagnosis = Field(default_factory=Diagnosis)
+    budget: dict[str, Any] | None = Field(None, description="each budget's limit, used and left; `binding` and `exhausted`")
 
     def count(self, state: str) -> int:
         return self.counts.get(state, 0)
@@ -57,6 +58,16 @@ class Study(_Model):
 
 class StudyCreated(Study):
     warnings: list[str] = Field(default_factory=list, description="choices that are usually wrong; the study was created anyway")
+
+
+class StudyCloned(StudyCreated):
+    carried: int = Field(0, description="finished trials copied from the study cloned (with carry_trials)")
+    left_out: int = Field(0, description="finished trials not copied: their params leave the new space")
+
+
+class StudyImported(Study):
+    carried: int = Field(description="finished trials copied in")
+    left_out: int = Field(description="finished trials not copied: their params leave the study's space")
 
 
 class Trial(_Model):

@@ -58,6 +58,11 @@ class StudyPublic(BaseModel):
     state: str = Field(description="running, stopped, finished, or broken (see `broken`)")
     direction: str
     n_trials: int
+    budget: dict[str, Any] | None = Field(
+        None,
+        description="each budget's limit, used and left (n_trials; max_epochs with in_flight; max_seconds; until with "
+        "left_seconds), `binding` (the one with the least left) and `exhausted` (the one that ran out, if any)",
+    )
     counts: dict[str, int] = Field(description="trials by Optuna state")
     best_trial: BestTrial | None
     created_at: datetime
@@ -137,6 +142,9 @@ class BudgetPatch(_Forbid):
     n_trials: int | None = Field(None, ge=1, le=1_000_000)
     max_concurrent: int | None = Field(None, ge=1, le=10_000)
     max_retries: int | None = Field(None, ge=0, le=100)
+    max_epochs: int | None = Field(None, ge=1, le=1_000_000_000)
+    max_seconds: float | None = Field(None, gt=0, le=1e10)
+    until: datetime | None = None
 
 
 class StudyPatch(BaseModel):

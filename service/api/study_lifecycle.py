@@ -34,12 +34,12 @@ def update_study(name: str, patch: StudyPatch, runtime: RuntimeDep, caller: Mana
     false`). The space, sampler, pruner and workload stay: clone the study to change them.
     Role: member or admin."""
     lifecycle.refuse_fixed_fields(name, patch.model_extra or {})
-    budget = patch.budget.model_dump(exclude_none=True) if patch.budget else None
+    budget = patch.budget.model_dump(mode="json", exclude_none=True) if patch.budget else None
     with runtime.transaction() as session:
         record = studies.get(session, caller.team, name, lock=True)
         before = {"budget": dict(record.spec.get("budget", {})), "stopped": record.stopped}
         lifecycle.update(session, runtime.storage, record, budget, patch.stopped)
-        audit_write(session, caller, "study.update", record.name, optuna_name=record.optuna_name, before=before, change=patch.model_dump(exclude_none=True, exclude=set(patch.model_extra or {})))
+        audit_write(session, caller, "study.update", record.name, optuna_name=record.optuna_name, before=before, change=patch.model_dump(mode="json", exclude_none=True, exclude=set(patch.model_extra or {})))
         session.flush()
         return studies.summary(session, runtime.storage, record)
 

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from service.cli import server, studies, tokens, up
+from service.cli import lifecycle, server, studies, tokens, transfer, up
 
 app = typer.Typer(
     add_completion=False,
@@ -20,6 +20,8 @@ app.command("down")(server.down)
 app.add_typer(tokens.token_app, name="token")
 app.command("up")(up.up)
 studies.register(app)
+lifecycle.register(app)
+transfer.register(app)
 
 
 @app.command(

@@ -162,6 +162,27 @@ def finished_trials(study: Study, trials: list[Trial]) -> int:
     return sum(1 for t in trials if t.state in FINISHED_STATES and t.number not in retried)
 
 
+def _progress(study: Study, done: int) -> RenderableType:
+    """The bar follows the binding budget (the least left): trials, epochs, seconds or the deadline."""
+    budget = study.budget or {}
+    binding = budget.get("binding", "n_trials")
+    total, completed, label = max(study.n_trials, 1), min(done, study.n_trials), f"{done}/{study.n_trials} trials finished"
+    if binding == "max_epochs" and "max_epochs" in budget:
+        b = budget["max_epochs"]
+        total, completed = b["limit"], min(b["used"], b["limit"])
+        label = f"{b['used']}/{b['limit']} epochs used ({b['in_flight']} in flight); {done} trials finished"
+    elif binding == "max_seconds" and "max_seconds" in budget:
+        b = budget["max_seconds"]
+        total, completed = b["limit"], min(b["used"], b["limit"])
+        label = f"{b['used']:.0f}/{b['limit']:.0f} s of trial time used; {done} trials finished"
+    elif binding == "until" and "until" in budget:
+        total, completed = 1, 1 if budget["until"]["left_seconds"] <= 0 else 0
+        label = f"{budget['until']['left_seconds']:.0f} s left until {budget['until']['at']}; {done} trials finished"
+    bar = Table.grid(padding=(0, 1))
+    bar.add_row(ProgressBar(total=max(total, 1), completed=completed, width=40), Text(label))
+    return bar
+
+
 def status_view(study: Study, trials: list[Trial]) -> RenderableType:
     """What `hpo status` shows: progress, counts by state, best so far, running trials' latest loss."""
     done = finished_trials(study, trials)
@@ -170,12 +191,7 @@ def status_view(study: Study, trials: list[Trial]) -> RenderableType:
             (study.name, "bold"), f"  ({study.optuna_name})  ", (study.state, STATE_STYLES.get(study.state, "")),
         )
     ]
-    bar = Table.grid(padding=(0, 1))
-    bar.add_row(
-        ProgressBar(total=max(study.n_trials, 1), completed=min(done, study.n_trials), width=40),
-        Text(f"{done}/{study.n_trials} trials finished"),
-    )
-    parts.append(bar)
+    parts.append(_progress(study, done))
     parts.append(
         Text(
             "  ".join(

@@ -150,6 +150,10 @@ class Lease(Base):
     outcome: Mapped[str | None] = mapped_column(String(16), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = _now()
+    # Compute budgets (service/engine/budgets.py): the intermediate values a retry started with
+    # (its lost predecessor's), and, once ended, the epochs this lease itself reported.
+    inherited: Mapped[int] = mapped_column(Integer, server_default="0", default=0)
+    epochs: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Checkpoint(Base):

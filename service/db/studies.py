@@ -177,3 +177,28 @@ def now(session: Session) -> datetime:
 def owner_of_optuna_study(session: Session, optuna_name: str) -> int | None:
     """The team whose study is stored in Optuna under this name, if the service manages it."""
     return session.scalar(select(StudyRecord.team_id).where(StudyRecord.optuna_name == optuna_name))
+
+
+class LeaseUsage(NamedTuple):
+    """What a study's leases have used, for its compute budgets (service/engine/budgets.py)."""
+
+    ended_epochs: int  # reported by the leases that ended
+    running: int
+    running_inherited: int  # epochs the running retries started with
+    seconds: float  # claim to end (or to now) of every lease
+    now: datetime
+
+
+def lease_usage(session: Session, study_id: int) -> LeaseUsage:
+    now = func.now()
+    running = Lease.ended_at.is_(None)
+    row = session.execute(
+        select(
+            func.coalesce(func.sum(Lease.epochs).filter(~running), 0),
+            func.count().filter(running),
+            func.coalesce(func.sum(Lease.inherited).filter(running), 0),
+            func.coalesce(func.sum(func.extract("epoch", func.coalesce(Lease.ended_at, now) - Lease.created_at)), 0),
+            now,
+        ).where(Lease.study_id == study_id)
+    ).one()
+    return LeaseUsage(int(row[0]), int(row[1]), int(row[2]), float(row[3]), row[4])

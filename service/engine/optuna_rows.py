@@ -229,3 +229,20 @@ def _read(conn: Any, trial_id: int, cte: Any = None) -> tuple[TrialState | None,
         step: _VALUE_MODEL.stored_repr_to_intermediate_value(stored, kind) for _, step, stored, kind in rows if step is not None
     }
     return state, values
+
+
+def lease_epochs() -> Any:
+    """The epochs a lease reported, as SQL to assign to Lease.epochs when it ends: its trial's
+    intermediate values less those it inherited. Evaluated at flush, in the ending statement."""
+    v = VALUES.c
+    reported = select(func.count()).where(v.trial_id == Lease.trial_id).scalar_subquery()
+    return reported - Lease.inherited
+
+
+def running_epochs(conn: Any, study_id: int) -> int:
+    """The epochs the study's running leases have reported so far (what the budget shows as used)."""
+    v = VALUES.c
+    running = (Lease.study_id == study_id, Lease.ended_at.is_(None))
+    counted = select(func.count()).select_from(Lease).join(VALUES, v.trial_id == Lease.trial_id).where(*running)
+    inherited = select(func.coalesce(func.sum(Lease.inherited), 0)).where(*running)
+    return max(0, int(conn.execute(select(counted.scalar_subquery() - inherited.scalar_subquery())).scalar_one()))

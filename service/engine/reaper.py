@@ -85,6 +85,7 @@ def reap_study(session: Session, storage: BaseStorage, record: StudyRecord) -> i
                 lease.ended_at = study_rows.now(session)
                 # Not "failed": a late finish(failed) from the lost worker must still get 409.
                 lease.outcome = "lost"
+                lease.epochs = optuna_rows.lease_epochs()
                 lease.error = (
                     f"lease lost: no heartbeat from worker {lease.worker_id} for more than the "
                     "grace period; failed by the reaper"

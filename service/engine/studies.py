@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from service.db import studies as study_rows
 from service.db.models import StudyRecord, Team
-from service.engine import lr_analysis
+from service.engine import budgets, lr_analysis
 from service.engine.factories import check_buildable
 from service.engine.diagnosis import DIAGNOSES, Diagnosed, hints
 from service.engine.diagnosis import counts as diagnosis_counts
@@ -98,10 +98,12 @@ def originals(trials: list[FrozenTrial]) -> int:
     return sum(1 for t in trials if not t.system_attrs.get("retry_history") and CARRIED_KEY not in t.system_attrs)
 
 
-def state_of(record: StudyRecord, claimed: int, running: int, waiting: int = 0) -> str:
+def state_of(record: StudyRecord, claimed: int, running: int, waiting: int = 0, exhausted: str | None = None) -> str:
+    """`exhausted`: the budget that has run out (budgets.view), which ends the study once its
+    running trials have finished; only n_trials leaves queued trials (retries) to run first."""
     if record.stopped:
         return "stopped"
-    if claimed >= spec_of(record).budget.n_trials and running == 0 and waiting == 0:
+    if running == 0 and (exhausted not in (None, "n_trials") or claimed >= spec_of(record).budget.n_trials and waiting == 0):
         return "finished"
     return "running"
 
@@ -162,10 +164,13 @@ def summary(session: Session, storage: BaseStorage, record: StudyRecord) -> dict
         pick = min if spec.direction == "minimize" else max
         b = pick(complete, key=lambda t: t.value)
         best = {"number": b.number, "value": b.value, "params": b.params}
+    started = originals(trials)
+    budget = budgets.view(session, record, spec, started)
     return {
         "name": record.name,
         "optuna_name": record.optuna_name,
-        "state": state_of(record, originals(trials), running, counts.get("WAITING", 0)),
+        "state": state_of(record, started, running, counts.get("WAITING", 0), budget["exhausted"]),
+        "budget": budget,
         "direction": spec.direction,
         "n_trials": spec.budget.n_trials,
         "counts": {s: counts.get(s, 0) for s in STATES},

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from service.db import studies as study_rows
 from service.db.models import StudyRecord, Team
-from service.engine import trials
+from service.engine import budgets, trials
 from service.engine.lr_analysis import finder_name
 from service.engine.storage import not_the_studys_fault, optuna_errors
 from service.engine.studies import describe, spec_of
@@ -88,6 +88,8 @@ def candidates(session: Session, storage: BaseStorage, team: Team, only: Sequenc
         budget = s.budget
         originals, running = counts[r.id]
         # Stale leases still count as running here; try_claim reaps them under the lock.
+        if budgets.has_compute_budget(s) and budgets.exhausted(session, r, s):
+            continue
         if originals < budget.n_trials or _isolated(session, r, lambda r=r: bool(waiting_trials(storage, r)))[1]:
             ranked.append((running / budget.max_concurrent, r.id))
     if session.info.pop("hpo_marked_broken", False):

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from service.db import studies as study_rows
 from service.db.models import Lease, StudyRecord, Team
-from service.engine import checkpoints
+from service.engine import budgets, checkpoints
 from service.engine.diagnosis import diagnose
 from service.engine.reaper import reap_study, retry_lost_trial
 from service.engine import coordination, optuna_pruning, optuna_rows
@@ -55,6 +55,8 @@ def try_claim(
     spec = narrowed
     if running >= spec.budget.max_concurrent:
         return None
+    if budgets.exhausted(session, record, spec):
+        return None  # epochs, seconds or the deadline: the running trials finish, nothing more starts
     conn = session.connection()
     with optuna_errors():
         # Incremental (coordination.py): the new and the unfinished trials, not all of them.
@@ -100,6 +102,7 @@ def try_claim(
         expires_at=func.now() + timedelta(seconds=settings.lease_seconds),
         attempt=len(history) + 1,
         retry_of=retry_of,
+        inherited=len(frozen.intermediate_values) if frozen is not None else 0,
     )
     session.add(lease)
     session.flush()
@@ -328,6 +331,7 @@ def _end(
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass  # told in between (tell's skip_if_finished)
     lease.ended_at = now if now is not None else study_rows.now(session)
+    lease.epochs = optuna_rows.lease_epochs()
     lease.outcome = state
     lease.error = error
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 import re
+from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from service.spec import presets
 from service.spec.lr_range import LrFinder, LrSweep
@@ -28,9 +29,24 @@ class _Strict(BaseModel):
 
 
 class Budget(_Strict):
+    """The study ends when the first of its budgets runs out; trials running then finish normally."""
+
     n_trials: int = Field(20, ge=1, le=1_000_000)
     max_concurrent: int = Field(8, ge=1, le=10_000)
     max_retries: int = Field(0, ge=0, le=100)
+    # Epochs reported across the study's trials, retries included; a claim is refused once the
+    # epochs reported plus those the running trials may still train reach it.
+    max_epochs: int | None = Field(None, ge=1, le=1_000_000_000)
+    # Wall time of the study's trials, claim to end, summed; and a deadline for claims.
+    max_seconds: float | None = Field(None, gt=0, le=1e10)
+    until: datetime | None = None
+
+    @field_validator("until")
+    @classmethod
+    def _zoned(cls, v: datetime | None) -> datetime | None:
+        if v is not None and v.utcoffset() is None:
+            raise ValueError("needs a time zone, e.g. 2026-12-31T18:00:00Z")
+        return v
 
 
 STUDY_KINDS = ("search", "lr_sweep", "lr_finder")
