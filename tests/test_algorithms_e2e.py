@@ -19,9 +19,7 @@ WORKLOAD = {"model": "mlp", "dataset": "digits", "epochs": 3, "hidden_size": 16,
 def study(name: str, n_trials: int, **overrides: Any) -> dict[str, Any]:
     return digits_definition(
         name,
-        workload=WORKLOAD,
-        space=SPACE,
-        **{"sampler": {"kind": "random", "seed": 0}, "pruner": {"kind": "none"}, **overrides},
+        **{"workload": WORKLOAD, "space": SPACE, "sampler": {"kind": "random", "seed": 0}, "pruner": {"kind": "none"}, **overrides},
         budget={"n_trials": n_trials, "max_concurrent": 2},
     )
 
@@ -36,6 +34,15 @@ STUDIES = {
     # Maximizing the validation loss, which falls from the first epoch to the second for these
     # (seeded) params: no improvement, so each trial is pruned at its second epoch.
     "patience": study("patience", 3, direction="maximize", pruner={"kind": "patience", "patience": 0}),
+    # The built-in worker's params_m: a 64-wide hidden layer (0.0048 M) breaks the bound, 16 (0.0012 M) keeps it.
+    "constrained": study(
+        "constrained",
+        4,
+        workload={**{k: v for k, v in WORKLOAD.items() if k != "hidden_size"}},
+        space={**SPACE, "hidden_size": {"type": "categorical", "choices": [16, 64]}},
+        sampler={"kind": "tpe", "seed": 0, "n_startup_trials": 2},
+        constraints=[{"metric": "params_m", "max": 0.002}],
+    ),
 }
 
 
@@ -66,3 +73,11 @@ def test_gp_nsga2_and_optunas_pruners_run_on_real_workers(live_server: LiveServe
     gp = optuna.load_study(study_name=f"{team}/gp", storage=db_url)
     assert all(1e-3 <= t.params["lr"] <= 1e-1 for t in gp.trials)
     assert gp.best_value is not None
+
+    # The constrained study: every trial judged by the worker's params_m; the best keeps the bound.
+    constrained = {t["number"]: t for t in trials["constrained"]}
+    assert all(t["feasible"] == (t["params"]["hidden_size"] == 16) for t in constrained.values()), [(t["params"], t["metrics"], t["constraints"], t["feasible"]) for t in constrained.values()]
+    assert all(0.001 < t["metrics"]["params_m"] < 0.005 for t in constrained.values())
+    best = optuna.load_study(study_name=f"{team}/constrained", storage=db_url)
+    if any(t["feasible"] for t in constrained.values()):
+        assert best.best_trial.params["hidden_size"] == 16

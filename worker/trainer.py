@@ -238,6 +238,10 @@ class Training(Iterator[EpochResult]):
     def __iter__(self) -> Training:
         return self
 
+    def parameter_count(self) -> int:
+        """The model's trainable size (the `params_m` metric, in millions, an objective or constraint may use)."""
+        return sum(p.numel() for p in self._run.model.parameters())
+
     def __next__(self) -> EpochResult:
         return next(self._epochs)
 

@@ -111,6 +111,10 @@ class TrialPublic(BaseModel):
     distributions: dict[str, dict[str, Any]] = Field(description="the distribution each param was sampled from")
     retry_of: int | None = Field(description="the number of the trial this one retries (its worker was lost)")
     carried_from: str | None = Field(None, description="<optuna study>#<number> of the trial this one copies (clone, import)")
+    constraints: dict[str, float | None] = Field(
+        default_factory=dict, description="<metric>:<max|min> -> how far past the bound (<= 0: kept; null: the metric was not sent)"
+    )
+    feasible: bool | None = Field(None, description="keeps every constraint of the study (null: the study has none)")
     attempt: int = Field(description="1 for an original trial, 2 for its first retry, ...")
     datetime_start: datetime | None
     datetime_complete: datetime | None

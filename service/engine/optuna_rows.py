@@ -34,6 +34,7 @@ _STUDIES = rdb_models.StudyModel.__table__
 VALUES = rdb_models.TrialIntermediateValueModel.__table__
 _HEARTBEATS = rdb_models.TrialHeartbeatModel.__table__
 _USER_ATTRS = rdb_models.TrialUserAttributeModel.__table__
+_SYSTEM_ATTRS = rdb_models.TrialSystemAttributeModel.__table__
 _VALUE_MODEL = rdb_models.TrialIntermediateValueModel
 
 
@@ -58,11 +59,21 @@ def record_heartbeats(conn: Any, trial_ids: Iterable[int]) -> None:
 def set_user_attrs(conn: Any, trial_id: int, attrs: Mapping[str, Any]) -> None:
     """What RDBStorage.set_trial_user_attr writes (JSON, a later value replacing an earlier one),
     for several keys in one statement."""
+    _upsert_attrs(conn, _USER_ATTRS, trial_id, attrs)
+
+
+def set_system_attrs(conn: Any, trial_id: int, attrs: Mapping[str, Any]) -> None:
+    """What RDBStorage.set_trial_system_attr writes, likewise (a constraint's value may be inf:
+    Optuna's JSON reads `Infinity` back)."""
+    _upsert_attrs(conn, _SYSTEM_ATTRS, trial_id, attrs)
+
+
+def _upsert_attrs(conn: Any, table: Any, trial_id: int, attrs: Mapping[str, Any]) -> None:
     if not attrs:
         return
-    a = _USER_ATTRS.c
+    a = table.c
     rows = [{"trial_id": trial_id, "key": key, "value_json": json.dumps(value)} for key, value in attrs.items()]
-    statement = pg_insert(_USER_ATTRS).values(rows)
+    statement = pg_insert(table).values(rows)
     conn.execute(statement.on_conflict_do_update(index_elements=[a.trial_id, a.key], set_={"value_json": statement.excluded.value_json}))
 
 

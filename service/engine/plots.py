@@ -33,7 +33,7 @@ from optuna.trial import FrozenTrial, TrialState
 from service.db.models import StudyRecord
 from service.engine import lr_analysis
 from service.engine.storage import optuna_errors
-from service.engine.studies import spec_of
+from service.engine.studies import feasible, spec_of
 from service.errors import Conflict
 from service.spec import StudySpec
 
@@ -144,13 +144,22 @@ def _history(fig: Figure, ax: Any, spec: StudySpec, trials: list[FrozenTrial], e
     if not done:
         raise NothingToPlot("no complete trial yet: the history plot needs at least one")
     xs, ys = [t.number for t in done], [float(t.value) for t in done]  # type: ignore[arg-type]
+    # An infeasible trial (it breaks a constraint) is drawn apart and is never the best so far.
+    ok = [feasible(t) is not False for t in done]
     pick = min if spec.direction == "minimize" else max
-    best, so_far = [], ys[0]
-    for y in ys:
-        so_far = pick(so_far, y)
-        best.append(so_far)
-    ax.scatter(xs, ys, s=20, color="tab:blue", zorder=3, label="objective")
-    ax.step(xs, best, where="post", color="tab:red", lw=2, label="best so far")
+    best_x, best, so_far = [], [], None
+    for x, y, kept in zip(xs, ys, ok):
+        if kept:
+            so_far = y if so_far is None else pick(so_far, y)
+        if so_far is not None:
+            best_x.append(x)
+            best.append(so_far)
+    ax.scatter([x for x, k in zip(xs, ok) if k], [y for y, k in zip(ys, ok) if k], s=20, color="tab:blue", zorder=3, label="objective")
+    if not all(ok):
+        bad = [(x, y) for x, y, k in zip(xs, ys, ok) if not k]
+        ax.scatter([x for x, _ in bad], [y for _, y in bad], s=24, marker="x", color="tab:gray", zorder=3, label="infeasible (breaks a constraint)")
+    if best:
+        ax.step(best_x, best, where="post", color="tab:red", lw=2, label="best so far")
     _auto_yscale(ax, ys)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="trial number", ylabel=f"objective ({spec.direction})", title=f"Optimization history: {_text(spec.name)}")

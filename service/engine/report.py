@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from service.engine.studies import feasible
 from service.engine.plots import (
     KINDS,
     NothingToPlot,
@@ -71,6 +72,7 @@ def build(summary: dict[str, Any], inputs: PlotInputs) -> str:
     sections = [
         _header(summary, spec.kind),
         _best(summary.get("best_trial")),
+        _constraints(spec, inputs.trials),
         _importances(found, importance_note),
         _diagnosis(summary.get("diagnosis") or {}),
         # The study API's view (it says "pending" while the range test runs), else the stored one.
@@ -109,6 +111,23 @@ def _best(best: dict[str, Any] | None) -> str:
     return (
         f"<h2>Best trial</h2>\n<p id=\"best\">Trial {e(best['number'])}: objective <strong>{e(fmt(best['value']))}</strong></p>\n"
         f"<table><tr><th>parameter</th><th>value</th></tr>{rows}</table>"
+    )
+
+
+def _constraints(spec: Any, trials: list[Any]) -> str:
+    if not spec.constraints:
+        return ""
+    bounds = "; ".join(
+        " and ".join(part for part in (f"{e(c.metric)} &ge; {e(fmt(c.min))}" if c.min is not None else "", f"{e(c.metric)} &le; {e(fmt(c.max))}" if c.max is not None else "") if part)
+        for c in spec.constraints
+    )
+    judged = [t for t in trials if t.state.name == "COMPLETE" and t.constraints]
+    infeasible = [t.number for t in judged if feasible(t) is False]
+    listed = ", ".join(f"#{n}" for n in infeasible[:50]) + (" ..." if len(infeasible) > 50 else "")
+    return (
+        f"<h2>Constraints</h2>\n<p id=\"constraints\">{bounds}. {len(infeasible)} of {len(judged)} complete trials are infeasible"
+        + (f" ({e(listed)}): never the best, drawn as grey crosses in the history plot." if infeasible else ".")
+        + "</p>"
     )
 
 

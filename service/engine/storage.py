@@ -23,6 +23,8 @@ from service.metrics import REAPER_ACTIONS
 from service.settings import Settings
 
 
+# Where Trial.set_constraint keeps a constraint's value (optuna.study._constrained_optimization).
+CONSTRAINTS_KEY = "constraints"
 # A trial copied in from another study (a clone's carried trials, an import): it informs the
 # sampler and the pruner, and is not one of this study's n_trials.
 CARRIED_KEY = "hpo:carried_from"

@@ -158,7 +158,10 @@ def summary(session: Session, storage: BaseStorage, record: StudyRecord) -> dict
     counts = Counter(t.state.name for t in trials)
     claimed, running = study_rows.lease_counts(session, [record.id])[record.id]
     # A value written past our checks (a dashboard "tell" of NaN or -inf, finding 7) is no best.
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
+    # Nor is an infeasible one (a constraint it breaks), as Optuna's best_trial has it.
+    complete = [
+        t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value) and feasible(t) is not False
+    ]
     best = None
     if complete:
         pick = min if spec.direction == "minimize" else max
@@ -184,6 +187,12 @@ def summary(session: Session, storage: BaseStorage, record: StudyRecord) -> dict
         "lr_range": lr_analysis.lr_range_info(storage, record, spec),
         "broken": broken(record),
     }
+
+
+def feasible(t: FrozenTrial) -> bool | None:
+    """Whether the trial keeps every constraint of its study (None: it has none)."""
+    constraints = t.constraints
+    return None if not constraints else all(v <= 0.0 for v in constraints.values())
 
 
 def _diagnosis(spec: StudySpec, trials: list[FrozenTrial]) -> dict[str, Any]:
@@ -224,6 +233,8 @@ def trials(session: Session, storage: BaseStorage, record: StudyRecord) -> list[
                 "distributions": {name: json.loads(distribution_to_json(d)) for name, d in t.distributions.items()},
                 "retry_of": history[-1] if history else None,
                 "carried_from": t.system_attrs.get(CARRIED_KEY),
+                "constraints": {k: (v if math.isfinite(v) else None) for k, v in t.constraints.items()},
+                "feasible": feasible(t),
                 "attempt": len(history) + 1,
                 "datetime_start": t.datetime_start,
                 "datetime_complete": t.datetime_complete,

@@ -27,7 +27,7 @@ from service.engine.reaper import reap_study, retry_lost_trial
 from service.engine import coordination, optuna_pruning, optuna_rows
 from service.engine.factories import build_pruner, load_study, suggest
 from service.engine.lr_analysis import effective_spec, finder_name
-from service.engine.storage import backend_of, optuna_errors
+from service.engine.storage import CONSTRAINTS_KEY, backend_of, optuna_errors
 from service.engine.studies import spec_of
 from service.errors import Gone, InvalidRequest, LeaseLost, NotFound
 from service.metrics import finished as count_finished
@@ -325,7 +325,7 @@ def _end(
             # this transaction) were lost to a process that listed the trial in between. (Not on
             # this transaction's connection, which would then hold a lock on the trial's row
             # that the state change waits for: optuna_rows, lock order.)
-            _set_user_attrs_now(storage, lease.trial_id, _end_attrs(spec, intermediate, error, reason, metrics))
+            _set_attrs_now(storage, lease.trial_id, _end_attrs(spec, intermediate, error, reason, metrics), _constraints(spec, state, metrics))
             try:
                 storage.set_trial_state_values(lease.trial_id, _OPTUNA_STATE[state], values)
             except optuna.exceptions.UpdateFinishedTrialError:
@@ -336,14 +336,24 @@ def _end(
     lease.error = error
 
 
-def _set_user_attrs_now(storage: BaseStorage, trial_id: int, attrs: dict[str, Any]) -> None:
+def _set_attrs_now(storage: BaseStorage, trial_id: int, attrs: dict[str, Any], system: dict[str, Any]) -> None:
     engine = getattr(backend_of(storage), "engine", None)
     if engine is None:
         for key, value in attrs.items():
             storage.set_trial_user_attr(trial_id, key, value)
+        for key, value in system.items():
+            storage.set_trial_system_attr(trial_id, key, value)
         return
     with engine.begin() as conn:
         optuna_rows.set_user_attrs(conn, trial_id, attrs)
+        optuna_rows.set_system_attrs(conn, trial_id, system)
+
+
+def _constraints(spec: StudySpec, state: FinishState, metrics: dict[str, float] | None) -> dict[str, float]:
+    """Optuna's constraint values of a complete or pruned trial (Trial.set_constraint's keys)."""
+    if not spec.constraints or state == "failed":
+        return {}
+    return {f"{CONSTRAINTS_KEY}:{key}": v for c in spec.constraints for key, v in c.violations(metrics or {}).items()}
 
 
 def _told_values(state: FinishState, value: float | None, intermediate: dict[int, float]) -> list[float] | None:

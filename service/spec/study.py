@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from service.spec import presets
+from service.spec.constraints import Constraint, check_constraints
 from service.spec.lr_range import LrFinder, LrSweep
 from service.spec.pruners import MedianPruner, Pruner
 from service.spec.samplers import Sampler, TpeSampler
@@ -74,6 +75,8 @@ class StudySpec(_Strict):
     sampler: Sampler = Field(default_factory=TpeSampler)
     pruner: Pruner = Field(default_factory=lambda: MedianPruner(kind="median"))
     budget: Budget = Field(default_factory=Budget)
+    # Bounds on reported metrics (service/spec/constraints.py): infeasible trials are never best.
+    constraints: list[Constraint] = Field(default_factory=list)
 
     @model_validator(mode="before")
     @classmethod
@@ -246,6 +249,7 @@ class StudySpec(_Strict):
     def _within_limits(self) -> StudySpec:
         """What a claim will build from this definition fits in the API process (limits.py)."""
         check_space(self.space)
+        check_constraints(self.constraints, self.workload.is_builtin, self.workload.model)
         if rules_for(self.workload.model) is None:
             _check_env_names([*self.space, *self.workload.fixed])
         if self.sampler.kind == "grid" and self.kind == "search":

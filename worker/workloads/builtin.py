@@ -17,6 +17,7 @@ import gc
 import logging
 import math
 import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,28 @@ class _Progress:
         self.best_accuracy: float | None = None
         self.initial_loss: float | None = None
         self.last: Any = None
+        # For objectives and constraints besides the loss (a study's `objectives`, `constraints`).
+        self.params_m: float | None = None
+        self.device: str = "cpu"
+        self._timed: list[float] = []
+        self._since = time.monotonic()
 
-    def add(self, result: Any, *, count_loss: bool = True) -> None:
+    def started(self, run: Any, device: str) -> None:
+        count = getattr(run, "parameter_count", None)  # a test double of the trainer may have none
+        if count is not None:
+            self.params_m = count() / 1e6
+        self.device = device
+        if device.startswith("cuda"):
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()  # this trial's peak, not an earlier one's
+        self._since = time.monotonic()
+
+    def add(self, result: Any, *, count_loss: bool = True, timed: bool = True) -> None:
+        if timed:
+            now = time.monotonic()
+            self._timed.append(now - self._since)
+            self._since = now
         self.epochs = result.epoch
         self.last = result
         if getattr(result, "initial_val_loss", None) is not None:
@@ -60,11 +81,29 @@ class _Progress:
                 "lr": getattr(last, "lr", None),
                 "epochs": self.epochs,
                 "initial_val_loss": self.initial_loss,
+                "params_m": self.params_m,
+                "epoch_seconds": sum(self._timed) / len(self._timed) if self._timed else None,
+                "peak_memory_mb": _peak_memory_mb(self.device),
             }
         )
 
     def outcome(self, state: Any, error: str | None = None, reason: str | None = None) -> TrialOutcome:
         return TrialOutcome(state, self.best, error, self.epochs, reason, self.metrics())
+
+
+def _peak_memory_mb(device: str) -> float | None:
+    """The trial's peak memory: CUDA's allocator peak on a GPU, else the worker process's peak
+    resident set (which includes what earlier trials of the process used)."""
+    try:
+        if device.startswith("cuda"):
+            import torch
+
+            return torch.cuda.max_memory_allocated() / 2**20
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    except Exception:  # no CUDA context, no resource module: the metric is just missing
+        return None
 
 
 def run_builtin(
@@ -102,8 +141,9 @@ def run_builtin(
                 "resumed trial #%d (attempt %d, retry of #%s) from step %d",
                 a.number, a.attempt, a.retry_of if a.retry_of is not None else "-", resumed_from,
             )
+        progress.started(results, device)
         for earlier in getattr(results, "history", ()):
-            progress.add(earlier)  # the epochs before the checkpoint count towards best and metrics
+            progress.add(earlier, timed=False)  # the epochs before the checkpoint count towards best and metrics
         # The trainer's checkpoint() is called only when the study wants checkpoints (and a test
         # double of the trainer may have none).
         checkpoint = getattr(results, "checkpoint", None) if a.workload.checkpoint else None
