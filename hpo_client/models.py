@@ -42,6 +42,8 @@ class Study(_Model):
     definition: dict[str, Any] = Field(default_factory=dict)
     diagnosis: Diagnosis = Field(default_factory=Diagnosis)
     budget: dict[str, Any] | None = Field(None, description="each budget's limit, used and left; `binding` and `exhausted`")
+    best_trials: list[dict[str, Any]] | None = Field(None, description="several objectives: the Pareto front (number, values, params)")
+    directions: list[str] | None = None
 
     def count(self, state: str) -> int:
         return self.counts.get(state, 0)

@@ -3,9 +3,11 @@ processes train to the end against a real server: one worker pool for all of the
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import optuna
+from PIL import Image
 
 from tests.conftest import LiveServer, digits_definition, finish_with_workers, start_worker
 
@@ -42,6 +44,15 @@ STUDIES = {
         space={**SPACE, "hidden_size": {"type": "categorical", "choices": [16, 64]}},
         sampler={"kind": "tpe", "seed": 0, "n_startup_trials": 2},
         constraints=[{"metric": "params_m", "max": 0.002}],
+    ),
+    # Two objectives over the mlp's width and depth: the validation loss and the model's size.
+    "pareto": study(
+        "pareto",
+        6,
+        workload={k: v for k, v in WORKLOAD.items() if k not in ("hidden_size", "n_layers")},
+        space={**SPACE, "hidden_size": {"type": "categorical", "choices": [8, 16, 64]}, "n_layers": {"type": "int", "low": 1, "high": 2}},
+        sampler={"kind": "nsga2", "seed": 0, "population_size": 4},
+        objectives=[{"name": "val_loss"}, {"name": "params_m"}],
     ),
 }
 
@@ -81,3 +92,15 @@ def test_gp_nsga2_and_optunas_pruners_run_on_real_workers(live_server: LiveServe
     best = optuna.load_study(study_name=f"{team}/constrained", storage=db_url)
     if any(t["feasible"] for t in constrained.values()):
         assert best.best_trial.params["hidden_size"] == 16
+
+    # The two-objective study: the API's Pareto front is Optuna's, and the plot shows it.
+    pareto = optuna.load_study(study_name=f"{team}/pareto", storage=db_url)
+    with live_server.client(token) as c:
+        summary = c.get("/api/v1/studies/pareto").json()
+        png = c.get("/api/v1/studies/pareto/plots/pareto")
+    theirs = sorted(pareto.best_trials, key=lambda t: t.number)
+    assert summary["best_trials"] == [{"number": t.number, "values": t.values, "params": t.params} for t in theirs]
+    assert summary["best_trial"] is None and summary["directions"] == ["minimize", "minimize"]
+    assert all(len(t["values"]) == 2 and t["values"][1] == t["metrics"]["params_m"] for t in trials["pareto"])
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(png.content)).convert("L").getextrema()[0] < 128  # something dark was drawn

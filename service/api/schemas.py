@@ -65,6 +65,10 @@ class StudyPublic(BaseModel):
     )
     counts: dict[str, int] = Field(description="trials by Optuna state")
     best_trial: BestTrial | None
+    best_trials: list[dict[str, Any]] | None = Field(
+        None, description="a multi-objective study's Pareto front: number, values (in the objectives' order), params"
+    )
+    directions: list[str] | None = Field(None, description="one per objective")
     created_at: datetime
     definition: dict[str, Any]
     diagnosis: Diagnosis
@@ -101,6 +105,7 @@ class TrialPublic(BaseModel):
     number: int
     state: str
     value: float | None
+    values: list[float | None] | None = Field(None, description="every objective's value (one for a single-objective study)")
     params: dict[str, Any]
     intermediate_values: dict[int, float | None]
     worker_id: str | None

@@ -294,15 +294,25 @@ def best(
 ) -> None:
     """The best complete trial: its number, value (the validation loss) and params, as YAML or JSON.
 
+    A study with several objectives prints its Pareto front instead: a list of trials with their values, one per objective.
+
     Exit code 1 when no trial is complete yet.
 
     Example: hpo best digits-adam --format json
     """
     with connect(server, token) as client:
-        trial = client.best(name)
-    if trial is None:
-        _fail(f"study '{name}' has no complete trial yet")
-    data = {"number": trial.number, "value": trial.value, "params": trial.params}
+        study = client.study(name)
+    data: Any
+    if study.best_trials is not None:
+        if not study.best_trials:
+            _fail(f"study '{name}' has no complete trial yet")
+        names = [o["name"] for o in study.definition.get("objectives", [])]
+        data = [{"number": t["number"], "values": dict(zip(names, t["values"])), "params": t["params"]} for t in study.best_trials]
+    else:
+        trial = study.best_trial
+        if trial is None:
+            _fail(f"study '{name}' has no complete trial yet")
+        data = {"number": trial.number, "value": trial.value, "params": trial.params}
     if format is Format.json:
         typer.echo(json.dumps(data, indent=2))
     else:

@@ -32,14 +32,17 @@ from optuna.trial import FrozenTrial, TrialState
 
 from service.db.models import StudyRecord
 from service.engine import lr_analysis
+from service.engine.pareto_plot import NoFront, draw_pareto
 from service.engine.storage import optuna_errors
 from service.engine.studies import feasible, spec_of
 from service.errors import Conflict
 from service.spec import StudySpec
 
-PlotKind = Literal["history", "curves", "lr", "importance", "parallel"]
+PlotKind = Literal["history", "curves", "lr", "importance", "parallel", "pareto"]
 KINDS: tuple[str, ...] = get_args(PlotKind)
 WIDTH, HEIGHT, DPI = 800, 500, 100
+# The kinds that do not read one objective value per trial.
+ONE_OR_MORE_OBJECTIVES = ("curves", "pareto")
 
 STATE_COLORS = {"COMPLETE": "tab:blue", "PRUNED": "tab:orange", "FAIL": "tab:red", "RUNNING": "tab:green"}
 
@@ -87,6 +90,8 @@ def render(kind: str, spec: StudySpec, trials: Sequence[FrozenTrial], extra: dic
     draw = _DRAW.get(kind)
     if draw is None:
         raise ValueError(f"kind: unknown plot '{kind}'; one of {', '.join(KINDS)}")
+    if spec.objectives and kind not in ONE_OR_MORE_OBJECTIVES:
+        raise NothingToPlot(f"a study with several objectives has no single objective to plot as {kind}; see the pareto plot")
     figure = Figure(figsize=(WIDTH / DPI, HEIGHT / DPI), dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)
     draw(figure, figure.add_subplot(), spec, list(trials), extra or {})
@@ -321,6 +326,8 @@ def importance_sample(trials: Sequence[FrozenTrial]) -> tuple[list[FrozenTrial],
 
 def importances(spec: StudySpec, trials: Sequence[FrozenTrial]) -> dict[str, float]:
     """fANOVA importances (Optuna's, seeded, so the same trials give the same numbers)."""
+    if spec.objectives:
+        raise NothingToPlot("importances are computed for one objective; this study has several")
     done, _ = importance_sample(trials)
     if len(done) < 2:
         raise NothingToPlot(f"importance needs at least 2 complete trials; this study has {len(done)}")
@@ -437,10 +444,18 @@ def _parallel(fig: Figure, ax: Any, spec: StudySpec, trials: list[FrozenTrial], 
     ax.set_title(f"Parallel coordinates: {_text(spec.name)}{shown}")
 
 
+def _pareto(fig: Figure, ax: Any, spec: StudySpec, trials: list[FrozenTrial], extra: dict[str, Any]) -> None:
+    try:
+        draw_pareto(fig, ax, spec, trials, _text)
+    except NoFront as exc:
+        raise NothingToPlot(str(exc)) from None
+
+
 _DRAW: dict[str, Callable[[Figure, Any, StudySpec, list[FrozenTrial], dict[str, Any]], None]] = {
     "history": _history,
     "curves": _curves,
     "lr": _lr,
     "importance": _importance,
     "parallel": _parallel,
+    "pareto": _pareto,
 }

@@ -37,6 +37,7 @@ TITLES = {
     "lr": "Objective against learning rate",
     "importance": "Parameter importances",
     "parallel": "Parallel coordinates",
+    "pareto": "Pareto front",
 }
 
 STYLE = """
@@ -71,7 +72,7 @@ def build(summary: dict[str, Any], inputs: PlotInputs) -> str:
         found, importance_note = None, exc.detail
     sections = [
         _header(summary, spec.kind),
-        _best(summary.get("best_trial")),
+        _front(summary.get("best_trials"), inputs.spec) if inputs.spec.objectives else _best(summary.get("best_trial")),
         _constraints(spec, inputs.trials),
         _importances(found, importance_note),
         _diagnosis(summary.get("diagnosis") or {}),
@@ -112,6 +113,22 @@ def _best(best: dict[str, Any] | None) -> str:
         f"<h2>Best trial</h2>\n<p id=\"best\">Trial {e(best['number'])}: objective <strong>{e(fmt(best['value']))}</strong></p>\n"
         f"<table><tr><th>parameter</th><th>value</th></tr>{rows}</table>"
     )
+
+
+def _front(front: list[dict[str, Any]] | None, spec: Any) -> str:
+    if not front:
+        return "<h2>Pareto front</h2>\n<p class=\"note\">No complete trial yet.</p>"
+    names = [o.name for o in spec.objectives]
+    params = sorted({k for t in front for k in t["params"]})
+    head = "".join(f"<th>{e(n)} ({e(o.direction)})</th>" for n, o in zip(names, spec.objectives)) + "".join(f"<th>{e(p)}</th>" for p in params)
+    rows = "".join(
+        f"<tr><td class=\"num\">{e(t['number'])}</td>"
+        + "".join(f"<td class=\"num\">{e(fmt(v))}</td>" for v in t["values"])
+        + "".join(f"<td>{e(fmt(t['params'].get(p, '')))}</td>" for p in params)
+        + "</tr>"
+        for t in front
+    )
+    return f"<h2>Pareto front</h2>\n<p id=\"front\">{len(front)} trials no other trial beats on every objective.</p>\n<table><tr><th>trial</th>{head}</tr>{rows}</table>"
 
 
 def _constraints(spec: Any, trials: list[Any]) -> str:
@@ -170,6 +187,8 @@ def _lr_range(lr_range: dict[str, Any] | None) -> str:
 def _plots(inputs: PlotInputs, found: dict[str, float] | None) -> str:
     parts = ["<h2>Plots</h2>"]
     for kind in KINDS:
+        if kind == "pareto" and not inputs.spec.objectives:
+            continue  # a single objective has no front
         title = TITLES[kind]
         try:
             # The importance plot reuses the numbers of the table above: one fANOVA, not two.

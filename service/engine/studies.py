@@ -67,7 +67,7 @@ def _create_one(session: Session, storage: BaseStorage, team: Team, spec: StudyS
     except IntegrityError as exc:  # a concurrent create of the same name won the race
         raise Conflict(f"a study named '{spec.name}' already exists in team '{team.name}'") from exc
     with optuna_errors():
-        study = optuna.create_study(study_name=record.optuna_name, storage=storage, direction=spec.direction)
+        study = optuna.create_study(study_name=record.optuna_name, storage=storage, directions=spec.directions())
         # Shown in optuna-dashboard next to the study, so the definition travels with it.
         study.set_user_attr("hpo_definition", record.spec)
     return record
@@ -160,10 +160,12 @@ def summary(session: Session, storage: BaseStorage, record: StudyRecord) -> dict
     # A value written past our checks (a dashboard "tell" of NaN or -inf, finding 7) is no best.
     # Nor is an infeasible one (a constraint it breaks), as Optuna's best_trial has it.
     complete = [
-        t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value) and feasible(t) is not False
+        t
+        for t in trials
+        if t.state == TrialState.COMPLETE and t.values and len(t.values) == 1 and math.isfinite(t.values[0]) and feasible(t) is not False
     ]
     best = None
-    if complete:
+    if complete and not spec.objectives:
         pick = min if spec.direction == "minimize" else max
         b = pick(complete, key=lambda t: t.value)
         best = {"number": b.number, "value": b.value, "params": b.params}
@@ -178,6 +180,8 @@ def summary(session: Session, storage: BaseStorage, record: StudyRecord) -> dict
         "n_trials": spec.budget.n_trials,
         "counts": {s: counts.get(s, 0) for s in STATES},
         "best_trial": best,
+        "best_trials": pareto_front(storage, record) if spec.objectives else None,
+        "directions": spec.directions(),
         "created_at": record.created_at,
         "definition": record.spec,
         "diagnosis": _diagnosis(spec, trials),
@@ -187,6 +191,13 @@ def summary(session: Session, storage: BaseStorage, record: StudyRecord) -> dict
         "lr_range": lr_analysis.lr_range_info(storage, record, spec),
         "broken": broken(record),
     }
+
+
+def pareto_front(storage: BaseStorage, record: StudyRecord) -> list[dict[str, Any]]:
+    """A multi-objective study's best trials: Optuna's Pareto front (feasible trials only)."""
+    with optuna_errors():
+        front = optuna.load_study(study_name=record.optuna_name, storage=storage).best_trials
+    return [{"number": t.number, "values": list(t.values), "params": t.params} for t in sorted(front, key=lambda t: t.number)]
 
 
 def feasible(t: FrozenTrial) -> bool | None:
@@ -222,7 +233,8 @@ def trials(session: Session, storage: BaseStorage, record: StudyRecord) -> list[
                 "trial_id": t._trial_id,
                 "number": t.number,
                 "state": t.state.name,
-                "value": _finite_or_none(t.value),
+                "value": _finite_or_none(t.values[0]) if t.values and len(t.values) == 1 else None,
+                "values": None if t.values is None else [_finite_or_none(v) for v in t.values],
                 "params": t.params,
                 "intermediate_values": {int(k): _finite_or_none(v) for k, v in sorted(t.intermediate_values.items())},
                 "worker_id": lease.worker_id if lease else t.user_attrs.get("worker_id"),

@@ -33,6 +33,7 @@ from service.errors import Gone, InvalidRequest, LeaseLost, NotFound
 from service.metrics import finished as count_finished
 from service.settings import Settings
 from service.spec import Assignment, FinishState, StudySpec
+from service.spec.objectives import objective_values
 
 _OPTUNA_STATE = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
 
@@ -284,9 +285,10 @@ def finish(
         if lease.outcome == state:
             return state  # a repeated finish (a retry after a lost response) is harmless
         raise LeaseLost(f"trial {trial_id} already ended as {lease.outcome}, not {state}")
-    if state == "complete" and (value is None or not math.isfinite(value)):
+    if state == "complete" and (value is None or not math.isfinite(value)) and not spec_of(record).objectives:
+        # (Several objectives: the value is one of them at most; _end checks them all.)
         raise InvalidRequest("value: a complete trial needs a finite objective value")
-    _end(session, storage, record, lease, state, value, error, reason, metrics, now=now)
+    state = _end(session, storage, record, lease, state, value, error, reason, metrics, now=now)
     if state == "failed" and reason == "interrupted":
         # The worker was shut down, not the trial broken: it resumes elsewhere, like a lost one.
         retry_lost_trial(storage, record, trial_id)
@@ -306,7 +308,9 @@ def _end(
     metrics: dict[str, float] | None = None,
     *,
     now: datetime | None = None,
-) -> None:
+) -> FinishState:
+    """Ends the trial in Optuna and its lease; returns the state it ended in (a complete trial
+    of a multi-objective study that lacks one of its objectives ends failed)."""
     conn = session.connection()
     with optuna_errors():
         # Someone may have finished it already (optuna-dashboard can "tell"); then only the
@@ -318,7 +322,13 @@ def _end(
             # would store, then the storage's state change. (tell also calls the sampler's
             # after_trial, which does nothing for the samplers the factories build:
             # tests/test_coordination.py.)
-            values = _told_values(state, value, intermediate)
+            if spec.objectives:
+                values, missing = _told_objectives(spec, state, value, metrics)
+                if missing is not None:
+                    # A complete trial without all its objectives is no point of the front.
+                    state, error = "failed", missing
+            else:
+                values = _told_values(state, value, intermediate)
             # User attributes, so optuna-dashboard shows why a trial ended and what its curve
             # says. Committed on their own before the state change: Optuna's cached storage keeps
             # a finished trial as it first read it, so attributes committed after the state (in
@@ -334,6 +344,7 @@ def _end(
     lease.epochs = optuna_rows.lease_epochs()
     lease.outcome = state
     lease.error = error
+    return state
 
 
 def _set_attrs_now(storage: BaseStorage, trial_id: int, attrs: dict[str, Any], system: dict[str, Any]) -> None:
@@ -354,6 +365,17 @@ def _constraints(spec: StudySpec, state: FinishState, metrics: dict[str, float] 
     if not spec.constraints or state == "failed":
         return {}
     return {f"{CONSTRAINTS_KEY}:{key}": v for c in spec.constraints for key, v in c.violations(metrics or {}).items()}
+
+
+def _told_objectives(
+    spec: StudySpec, state: FinishState, value: float | None, metrics: dict[str, float] | None
+) -> tuple[list[float] | None, str | None]:
+    """A multi-objective study's values: each objective of a complete trial; none for a pruned
+    or failed one (Optuna keeps no intermediate value as a value there)."""
+    if state != "complete":
+        return None, None
+    assert spec.objectives is not None
+    return objective_values(spec.objectives, value, metrics)
 
 
 def _told_values(state: FinishState, value: float | None, intermediate: dict[int, float]) -> list[float] | None:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from service.spec import presets
 from service.spec.constraints import Constraint, check_constraints
 from service.spec.lr_range import LrFinder, LrSweep
+from service.spec.objectives import MAX_OBJECTIVES, Objective, check_objectives
 from service.spec.pruners import MedianPruner, Pruner
 from service.spec.samplers import Sampler, TpeSampler
 from service.spec.hyperparameters import USER_PARAM_NAME, ParamRule, defaults_for, rules_for
@@ -64,7 +65,10 @@ class StudySpec(_Strict):
     finder: LrFinder | None = None
     # A search study that first runs the LR range test and narrows its lr range to the suggestion.
     auto_lr_range: bool = False
+    # The direction of the reported curve (the validation loss) and of a single objective.
     direction: Literal["minimize", "maximize"] = "minimize"
+    # Several objectives (service/spec/objectives.py): a Pareto front, no pruning.
+    objectives: list[Objective] | None = Field(None, min_length=2, max_length=MAX_OBJECTIVES)
     workload: Workload = Field(default_factory=Workload)
     # Adds the recommended ranges for one optimizer to `space` (entries given in `space` or fixed
     # in `workload` win); see GET /api/v1/presets.
@@ -84,6 +88,8 @@ class StudySpec(_Strict):
         if not isinstance(data, dict):
             return data
         kind = data.get("kind", "search")
+        if data.get("objectives") and "pruner" not in data:
+            data = {**data, "pruner": {"kind": "none"}}  # Optuna prunes one objective only
         if kind in ("lr_sweep", "lr_finder"):
             # The whole curve is the point: no pruning unless asked for; and a grid for the sweep.
             data = {"pruner": {"kind": "none"}, **data}
@@ -128,6 +134,23 @@ class StudySpec(_Strict):
             self.budget.n_trials = 1
             self.budget.max_concurrent = 1
         return self
+
+    def _check_multi_objective(self) -> None:
+        assert self.objectives is not None
+        check_objectives(self.objectives, self.workload.is_builtin, self.workload.model, self.direction)
+        if self.kind != "search":
+            raise ValueError(f"objectives: a {self.kind} has one objective, the loss")
+        if self.pruner.kind != "none":
+            raise ValueError(
+                f"pruner.kind: Optuna cannot prune a multi-objective study (trial.report and its pruners take one "
+                f"objective); use kind: none, not {self.pruner.kind}"
+            )
+        if self.sampler.kind == "cmaes":
+            raise ValueError("sampler.kind: CMA-ES optimizes one objective; for several use nsga2, nsga3, tpe, gp or random")
+
+    def directions(self) -> list[str]:
+        """Optuna's directions: one per objective."""
+        return [o.direction for o in self.objectives] if self.objectives else [self.direction]
 
     def _check_auto_lr_range(self) -> None:
         if not self.workload.is_builtin:
@@ -250,6 +273,8 @@ class StudySpec(_Strict):
         """What a claim will build from this definition fits in the API process (limits.py)."""
         check_space(self.space)
         check_constraints(self.constraints, self.workload.is_builtin, self.workload.model)
+        if self.objectives:
+            self._check_multi_objective()
         if rules_for(self.workload.model) is None:
             _check_env_names([*self.space, *self.workload.fixed])
         if self.sampler.kind == "grid" and self.kind == "search":

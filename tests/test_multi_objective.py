@@ -1,0 +1,103 @@
+"""Multi-objective studies through the API against the real PostgreSQL: the definition's checks,
+the values Optuna stores for each finish, and `hpo best` printing the Pareto front."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+
+from tests.conftest import LiveServer, auth, digits_definition
+from tests.test_cli_studies import flags, hpo, isolated  # noqa: F401 - the fixtures, reused
+from tests.test_lifecycle import claim, new_study
+
+TWO = [{"name": "val_loss"}, {"name": "params_m"}]
+
+
+def finish(api: Any, token: str, name: str, state: str, value: float | None, metrics: dict[str, float] | None) -> dict[str, Any]:
+    a = claim(api, token, name)
+    assert a is not None
+    body = {"lease_id": a["lease_id"], "state": state, "value": value, "metrics": metrics}
+    response = api.post(f"/api/v1/trials/{a['trial_id']}/finish", json=body, headers=auth(token))
+    assert response.status_code == 200, response.text
+    return {**a, "answer": response.json()["state"]}
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"pruner": {"kind": "median"}}, "pruner.kind: Optuna cannot prune a multi-objective study"),
+        ({"pruner": {"kind": "none"}, "sampler": {"kind": "cmaes"}}, "sampler.kind: CMA-ES optimizes one objective"),
+        ({"pruner": {"kind": "none"}, "objectives": [{"name": "val_loss"}, {"name": "latency"}]}, "objectives.1.name: 'latency'"),
+        ({"pruner": {"kind": "none"}, "objectives": [{"name": "params_m"}, {"name": "params_m"}]}, "names must be unique"),
+        ({"pruner": {"kind": "none"}, "objectives": [{"name": "val_loss", "direction": "maximize"}, {"name": "params_m"}]}, "objectives.0.direction"),
+        ({"pruner": {"kind": "none"}, "objectives": [{"name": "val_loss"}]}, "objectives"),
+    ],
+    ids=["pruner", "cmaes", "unknown", "duplicate", "direction", "one"],
+)
+def test_a_bad_multi_objective_definition_is_422(api: Any, make_token: Any, team: str, change: dict[str, Any], words: str) -> None:
+    token = make_token(team)
+    definition = {**digits_definition("bad-mo", objectives=TWO), **change}
+    response = api.post("/api/v1/studies", json=definition, headers=auth(token))
+    assert response.status_code == 422 and words in response.json()["detail"], response.text
+    assert api.get("/api/v1/studies", headers=auth(token)).json() == {"studies": []}
+
+
+def test_each_finish_stores_every_objective(api: Any, make_token: Any, team: str, db_url: str) -> None:
+    token = make_token(team)
+    name = f"mo-{team}"
+    definition = digits_definition(name, objectives=[{"name": "val_loss"}, {"name": "val_accuracy", "direction": "maximize"}])
+    definition.pop("pruner")  # a multi-objective study prunes nothing unless told otherwise (it cannot)
+    assert api.post("/api/v1/studies", json=definition, headers=auth(token)).status_code == 201
+    stored = api.get(f"/api/v1/studies/{name}", headers=auth(token)).json()
+    assert stored["definition"]["pruner"] == {"kind": "none"} and stored["directions"] == ["minimize", "maximize"]
+
+    finish(api, token, name, "complete", 0.3, {"val_accuracy": 0.9})
+    finish(api, token, name, "complete", 0.2, {"val_accuracy": 0.8})
+    lacking = finish(api, token, name, "complete", 0.1, {"train_loss": 0.1})
+    finish(api, token, name, "pruned", None, None)
+    assert lacking["answer"] == "failed"
+
+    study = optuna.load_study(study_name=f"{team}/{name}", storage=db_url)
+    assert [o.name for o in study.directions] == ["MINIMIZE", "MAXIMIZE"]
+    assert [t.values for t in study.trials] == [[0.3, 0.9], [0.2, 0.8], None, None]
+    trials = api.get(f"/api/v1/studies/{name}/trials", headers=auth(token)).json()["trials"]
+    assert "objective 'val_accuracy' was not reported" in trials[2]["error"]
+    assert [t["value"] for t in trials] == [None] * 4 and trials[0]["values"] == [0.3, 0.9]
+    summary = api.get(f"/api/v1/studies/{name}", headers=auth(token)).json()
+    assert [t["number"] for t in summary["best_trials"]] == [0, 1]  # neither beats the other on both
+    for kind in ("history", "importance"):
+        response = api.get(f"/api/v1/studies/{name}/plots/{kind}", headers=auth(token))
+        assert response.status_code == 409, response.text
+        assert "several" in response.json()["detail"], response.json()["detail"]
+    assert "Pareto front" in api.get(f"/api/v1/studies/{name}/report", headers=auth(token)).text
+
+
+def test_a_plugins_objectives_come_from_its_metrics(api: Any, make_token: Any, team: str, db_url: str) -> None:
+    token = make_token(team)
+    name = new_study(
+        api,
+        token,
+        workload={"model": "plugin", "entry": "tests.plugins:quadratic"},
+        space={"x": {"type": "float", "low": -1.0, "high": 1.0}},
+        objectives=[{"name": "error"}, {"name": "latency", "direction": "minimize"}],
+        pruner={"kind": "none"},
+    )
+    finish(api, token, name, "complete", None, {"error": 0.5, "latency": 3.0})
+    assert optuna.load_study(study_name=f"{team}/{name}", storage=db_url).trials[0].values == [0.5, 3.0]
+
+
+def test_hpo_best_prints_the_front(live_server: LiveServer, flags: tuple[str, ...]) -> None:
+    with live_server.client(flags[-1]) as c:
+        definition = digits_definition("front", objectives=TWO, pruner={"kind": "none"})
+        assert c.post("/api/v1/studies", json=definition).status_code == 201
+        for value, size in ((0.5, 0.01), (0.4, 0.02), (0.6, 0.03)):
+            a = c.post("/api/v1/trials/claim", json={"worker_id": "w", "studies": ["front"]}).json()
+            body = {"lease_id": a["lease_id"], "state": "complete", "value": value, "metrics": {"params_m": size}}
+            assert c.post(f"/api/v1/trials/{a['trial_id']}/finish", json=body).status_code == 200
+    result = hpo("best", "front", *flags)
+    assert result.exit_code == 0, result.output
+    front = yaml.safe_load(result.stdout)
+    assert [(t["number"], t["values"]) for t in front] == [(0, {"val_loss": 0.5, "params_m": 0.01}), (1, {"val_loss": 0.4, "params_m": 0.02})]
