@@ -34,3 +34,10 @@ def modes(trial: Trial) -> float | None:
 
 def quadratic(trial: Trial) -> float:
     return (float(trial.params["x"]) - 1.0) ** 2
+
+
+def two_objectives(trial: Trial) -> None:
+    """A study with objectives `error` and `size`: both given by name (set_value with a mapping)."""
+    x = float(trial.params["x"])
+    trial.report((x - 1.0) ** 2 + 1.0, 1)
+    trial.set_value({"error": (x - 1.0) ** 2, "size": abs(x)})

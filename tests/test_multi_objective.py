@@ -9,9 +9,10 @@ import optuna
 import pytest
 import yaml
 
-from tests.conftest import LiveServer, auth, digits_definition
+from tests.conftest import LiveServer, auth, digits_definition, start_worker
 from tests.test_cli_studies import flags, hpo, isolated  # noqa: F401 - the fixtures, reused
 from tests.test_lifecycle import claim, new_study
+from tests.test_user_workloads import importable_tests, trials_of, wait_exit  # noqa: F401 - a fixture, reused
 
 TWO = [{"name": "val_loss"}, {"name": "params_m"}]
 
@@ -101,3 +102,22 @@ def test_hpo_best_prints_the_front(live_server: LiveServer, flags: tuple[str, ..
     assert result.exit_code == 0, result.output
     front = yaml.safe_load(result.stdout)
     assert [(t["number"], t["values"]) for t in front] == [(0, {"val_loss": 0.5, "params_m": 0.01}), (1, {"val_loss": 0.4, "params_m": 0.02})]
+
+
+def test_a_plugin_gives_its_objectives_by_name_on_a_real_worker(live_server: LiveServer, make_token: Any, team: str, db_url: str, importable_tests: None) -> None:
+    token = make_token(team)
+    definition = {
+        **digits_definition("plugin-mo", pruner={"kind": "none"}, budget={"n_trials": 2, "max_concurrent": 1}),
+        "workload": {"model": "plugin", "entry": "tests.plugins:two_objectives"},
+        "space": {"x": {"type": "float", "low": -2.0, "high": 2.0}},
+        "objectives": [{"name": "error"}, {"name": "size"}],
+    }
+    with live_server.client(token) as c:
+        assert c.post("/api/v1/studies", json=definition).status_code == 201, "created"
+        worker = start_worker(live_server.url, token, "--max-trials", "2", "--allow-plugin", "tests.plugins:*")
+        assert wait_exit(worker) == 0
+        trials = trials_of(c, "plugin-mo")
+    assert [t["state"] for t in trials] == ["COMPLETE", "COMPLETE"]
+    for t in trials:
+        x = t["params"]["x"]
+        assert t["values"] == pytest.approx([(x - 1.0) ** 2, abs(x)])

@@ -110,9 +110,14 @@ class Trial:
         """The answer to the last report (False before any)."""
         return self._prune
 
-    def set_value(self, value: float) -> None:
+    def set_value(self, value: float | Mapping[str, float]) -> None:
         """The trial's objective; without it the best reported value counts. NaN or inf ends the
-        trial as diverged."""
+        trial as diverged. A study with several objectives takes them by name, as a mapping
+        ({"error": 0.1, "latency_ms": 12.0}); they travel as the trial's metrics, which is where
+        the service reads each objective (and each constraint) from."""
+        if isinstance(value, Mapping):
+            self.set_metrics(value)
+            return
         self._send({"op": "value", "value": float(value)})
 
     def set_metrics(self, metrics: Mapping[str, float] | None = None, /, **more: float) -> None:
