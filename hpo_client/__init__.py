@@ -37,12 +37,14 @@ from hpo_client.models import (
     TokenList,
     Trial,
 )
+from hpo_client.trial import ClaimedTrial, LeaseLost, NoTrialAvailable, TrialPruned, TrialResult
 
 __all__ = [
     "PLOT_KINDS",
     "AuditEvent",
     "AuthError",
     "BestTrial",
+    "ClaimedTrial",
     "Client",
     "ClientSettings",
     "ConfigError",
@@ -51,6 +53,8 @@ __all__ = [
     "HpoError",
     "InvalidDefinitionError",
     "InvalidRequestError",
+    "LeaseLost",
+    "NoTrialAvailable",
     "NotFoundError",
     "PermissionDeniedError",
     "Preset",
@@ -65,6 +69,8 @@ __all__ = [
     "TokenCreated",
     "TokenList",
     "Trial",
+    "TrialPruned",
+    "TrialResult",
     "load_settings",
     "write_config",
 ]

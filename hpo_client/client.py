@@ -14,6 +14,9 @@ import httpx
 import yaml
 
 from hpo_client.errors import HpoError, ServerUnreachable, error_from_response
+from hpo_client.trial import ClaimedTrial, TrialResult
+from hpo_client.trial import claim as claim_trial
+from hpo_client.trial import optimize as run_trials
 from hpo_client.models import (
     AuditEvent,
     BestTrial,
@@ -27,7 +30,7 @@ from hpo_client.models import (
     Trial,
 )
 
-PLOT_KINDS = ("history", "curves", "lr", "importance", "parallel")
+PLOT_KINDS = ("history", "curves", "lr", "importance", "parallel", "pareto")
 YAML_SUFFIXES = (".yaml", ".yml")
 
 Definition = Mapping[str, Any] | str | Path
@@ -298,3 +301,40 @@ class Client:
             params["before_id"] = before_id
         events = self._request("GET", "/api/v1/audit", params=params).json()["events"]
         return [AuditEvent.model_validate(e) for e in events]
+
+    # -- running trials from user code (hpo_client/trial.py), with a worker or admin token --
+
+    def trial(self, study: str, worker_id: str | None = None) -> ClaimedTrial:
+        """Claim one trial of `study` to run here, as a context manager:
+
+            with hpo.trial("my-study") as t:
+                for step in range(1, 11):
+                    if t.report(loss_after(step, **t.params), step):
+                        raise TrialPruned()
+
+        From the claim on, a daemon thread heartbeats its lease until the block ends (so use a
+        `with`), and the end finishes the trial: complete with `t.value` (else the best reported
+        value), pruned (TrialPruned, or after a report answered True), failed on an exception
+        (re-raised) or without any value. Raises NoTrialAvailable when the study has nothing to
+        run now. `worker_id` (shown on the trial) defaults to sdk-<host>-<pid>. See
+        hpo_client.trial for every case."""
+        return claim_trial(self, study, worker_id)
+
+    def optimize(
+        self,
+        study: str,
+        objective: Callable[[ClaimedTrial], float | None],
+        n_trials: int | None = None,
+        timeout: float | None = None,
+        catch: Sequence[type[Exception]] | type[Exception] = (),
+        worker_id: str | None = None,
+    ) -> list[TrialResult]:
+        """Like Optuna's study.optimize: run `objective(t)` in `with self.trial(study) as t`
+        repeatedly; a number it returns is the trial's value (None: the best reported one).
+        Stops when the study has no trial to run now (budget used up, stopped, finished, or its
+        max_concurrent running elsewhere), after `n_trials` trials, or once `timeout` seconds have
+        passed (checked between trials). An exception of `catch` leaves its trial failed and the
+        loop goes on; any other propagates after its trial is finished failed. A trial whose lease
+        was lost is recorded (FAIL, lease_lost) and the loop goes on. Returns a TrialResult
+        (number, state, value, reason) per trial run."""
+        return run_trials(self, study, objective, n_trials, timeout, catch, worker_id)
