@@ -37,7 +37,11 @@ def quadratic(trial: Trial) -> float:
 
 
 def two_objectives(trial: Trial) -> None:
-    """A study with objectives `error` and `size`: both given by name (set_value with a mapping)."""
+    """A study with objectives `error` and `size`: by name (a mapping) for trial 0, in the
+    objectives' order (a list) for the others."""
     x = float(trial.params["x"])
     trial.report((x - 1.0) ** 2 + 1.0, 1)
-    trial.set_value({"error": (x - 1.0) ** 2, "size": abs(x)})
+    if trial.number == 0:
+        trial.set_value({"error": (x - 1.0) ** 2, "size": abs(x)})
+    else:
+        trial.set_value([(x - 1.0) ** 2, abs(x)])

@@ -34,7 +34,7 @@ import json
 import math
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = ["Trial", "TrialPruned", "current_trial"]
@@ -83,6 +83,8 @@ class Trial:
         self.params: dict[str, Any] = dict(info["params"])
         self.workload: dict[str, Any] = dict(info.get("workload") or {})
         self.direction: str = info.get("direction", "minimize")
+        # A multi-objective study's objective names, in order (None: one objective).
+        self.objectives: list[str] | None = info.get("objectives")
         self.device: str = info.get("device", "cpu")
         self.data_root: str | None = info.get("data_root")
         self._channel = channel
@@ -110,11 +112,16 @@ class Trial:
         """The answer to the last report (False before any)."""
         return self._prune
 
-    def set_value(self, value: float | Mapping[str, float]) -> None:
+    def set_value(self, value: float | Mapping[str, float] | Sequence[float]) -> None:
         """The trial's objective; without it the best reported value counts. NaN or inf ends the
         trial as diverged. A study with several objectives takes them by name, as a mapping
-        ({"error": 0.1, "latency_ms": 12.0}); they travel as the trial's metrics, which is where
-        the service reads each objective (and each constraint) from."""
+        ({"error": 0.1, "latency_ms": 12.0}), or as a list in the objectives' order
+        (`trial.objectives`); they travel as the trial's metrics, which is where the service
+        reads each objective (and each constraint) from."""
+        if isinstance(value, Sequence) and not isinstance(value, str):
+            if not self.objectives or len(self.objectives) != len(value):
+                raise ValueError(f"a list of values needs one per objective of the study: {self.objectives or 'it has one'}")
+            value = dict(zip(self.objectives, value))
         if isinstance(value, Mapping):
             self.set_metrics(value)
             return

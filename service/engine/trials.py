@@ -123,6 +123,7 @@ def try_claim(
         resume_step=None if resume is None else resume.step,
         task="lr_finder" if spec.kind == "lr_finder" else "train",
         finder=spec.finder if spec.kind == "lr_finder" else None,
+        objectives=[o.name for o in spec.objectives] if spec.objectives else None,
     )
 
 

@@ -35,6 +35,9 @@ class Assignment(BaseModel):
     # it instead, reporting the smoothed loss of batch i as step i.
     task: Literal["train", "lr_finder"] = "train"
     finder: LrFinder | None = None
+    # A multi-objective study's objective names, in order: a user workload may give its values
+    # as a list (worker/sdk.py set_value), which the worker names with these.
+    objectives: list[str] | None = None
 
     def hyperparameters(self) -> dict[str, Any]:
         """Searched params from the service win over the workload's fixed values and the defaults.

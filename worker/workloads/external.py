@@ -360,6 +360,7 @@ def run_user_workload(
                 "params": params,
                 "workload": a.workload.model_dump(mode="json"),
                 "direction": a.direction,
+                "objectives": a.objectives,
                 "device": device,
                 "data_root": None if data_root is None else str(data_root),
             },
