@@ -121,3 +121,26 @@ def test_a_plugin_gives_its_objectives_by_name_on_a_real_worker(live_server: Liv
     for t in trials:
         x = t["params"]["x"]
         assert t["values"] == pytest.approx([(x - 1.0) ** 2, abs(x)])
+
+
+def test_old_checkpoints_go_except_the_pareto_fronts(api: Any, make_token: Any, team: str) -> None:
+    """The checkpoint tidy keeps a multi-objective study's front, where a single-objective one
+    keeps its best trial (Optuna has no single best trial there: it raised, and the tidy with it)."""
+    from service.engine import checkpoints
+    from tests.test_lineage import checkpoint
+
+    token = make_token(team)
+    name = new_study(api, token, objectives=TWO, pruner={"kind": "none"}, budget={"n_trials": 3, "max_concurrent": 3})
+    claimed = [claim(api, token, name) for _ in range(3)]
+    for a, (loss, size) in zip(claimed, ((0.3, 0.01), (0.2, 0.02), (0.4, 0.03))):  # the last is dominated
+        assert a is not None and checkpoint(api, token, a, 1, loss, b"weights").status_code == 200
+        body = {"lease_id": a["lease_id"], "state": "complete", "value": loss, "metrics": {"params_m": size}}
+        assert api.post(f"/api/v1/trials/{a['trial_id']}/finish", json=body, headers=auth(token)).status_code == 200
+    runtime = api.app.state.runtime
+    with runtime.sessions.begin() as session:
+        checkpoints.tidy(session, runtime.storage, runtime.settings.model_copy(update={"checkpoint_retention_seconds": 0}))
+    from service.db.models import Checkpoint
+
+    with runtime.sessions.begin() as session:
+        kept = {row.trial_id for row in session.query(Checkpoint).filter(Checkpoint.trial_id.in_([a["trial_id"] for a in claimed]))}
+    assert kept == {claimed[0]["trial_id"], claimed[1]["trial_id"]}

@@ -96,13 +96,13 @@ def _remove(store: ArtifactStore, artifact_id: str) -> None:
 
 def tidy(session: Session, storage: BaseStorage, settings: Settings) -> int:
     """Remove checkpoints of deleted studies, and of trials finished longer ago than the
-    retention, except each study's best trial's."""
+    retention, except each study's best trials' (one, or a multi-objective study's Pareto front)."""
     store = artifact_store(settings)
     cutoff = study_rows.now(session) - timedelta(seconds=settings.checkpoint_retention_seconds)
     rows = session.scalars(
         select(Checkpoint).where(or_(Checkpoint.study_id.is_(None), Checkpoint.updated_at < cutoff)).with_for_update(skip_locked=True)
     ).all()
-    best: dict[int, int | None] = {}
+    best: dict[int, frozenset[int]] = {}
     removed = 0
     for row in rows:
         if row.study_id is not None:
@@ -116,8 +116,8 @@ def tidy(session: Session, storage: BaseStorage, settings: Settings) -> int:
                     # The flat view reads a study's best again only after a trial has completed:
                     # every tick asks, for every study whose best keeps an old checkpoint.
                     study_id = coordination.optuna_study_id(storage, record.id, record.optuna_name)
-                    best[row.study_id] = coordination.best_trial_id(storage, study_id)
-            if best[row.study_id] == row.trial_id:
+                    best[row.study_id] = coordination.best_trial_ids(storage, study_id)
+            if row.trial_id in best[row.study_id]:
                 continue
         _remove(store, row.artifact_id)
         session.delete(row)

@@ -85,9 +85,10 @@ class StudyTrials:
     # locks the study's row until it commits), so they become visible in id order: every trial
     # of the study with a lower id has been seen.
     max_trial_id: int = -1
-    # The best COMPLETE trial's id, with the number of completed trials it was read at: it can
-    # change only when a trial completes (best_trial_id).
-    best: tuple[int, int | None] | None = None
+    # The best COMPLETE trials' ids (one, or a multi-objective study's Pareto front), with the
+    # number of completed trials they were read at: they change only when a trial completes
+    # (best_trial_ids).
+    best: tuple[int, frozenset[int]] | None = None
     # Refreshes run their reads outside the lock, so several may be in flight; one that started
     # before the last one applied only adds what cannot go back (new trials, finished states).
     _started: int = 0
@@ -281,20 +282,26 @@ def study_trials(storage: BaseStorage, study_id: int, *, conn: Any = None) -> St
     return trials
 
 
-def best_trial_id(storage: BaseStorage, study_id: int) -> int | None:
-    """The id of the study's best COMPLETE trial (Optuna's get_best_trial), None before one
-    completes. Optuna reads it from every complete trial of the study; it is read again only
-    once another trial has completed since, so a caller that asks on every reaper tick (the
-    checkpoint tidy) pays for it once per completion, not once per tick."""
+def best_trial_ids(storage: BaseStorage, study_id: int) -> frozenset[int]:
+    """The ids of the study's best COMPLETE trials: Optuna's get_best_trial, or a multi-objective
+    study's Pareto front (best_trials); none before one completes. Optuna reads them from every
+    complete trial of the study; they are read again only once another trial has completed
+    since, so a caller that asks on every reaper tick (the checkpoint tidy) pays for it once per
+    completion, not once per tick."""
     trials = study_trials(storage, study_id)
     with trials.lock:
         completed, known = len(trials.completed), trials.best
     if known is not None and known[0] == completed:
         return known[1]
-    try:
-        best: int | None = storage.get_best_trial(study_id)._trial_id
-    except ValueError:  # no complete trial yet
-        best = None
+    best: frozenset[int]
+    if len(storage.get_study_directions(study_id)) > 1:
+        study = optuna.load_study(study_name=storage.get_study_name_from_id(study_id), storage=storage)
+        best = frozenset(t._trial_id for t in study.best_trials)
+    else:
+        try:
+            best = frozenset({storage.get_best_trial(study_id)._trial_id})
+        except ValueError:  # no complete trial yet
+            best = frozenset()
     with trials.lock:
         # A trial that completed after the count above may be in `best` already: kept with the
         # older count, the next call reads it again, which costs a read and is never wrong.
