@@ -14,7 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.orm import Session
 
 from service.db.models import StudyRecord, Team
-from service.engine import studies
+from service.engine import coordination, studies
 from service.engine.factories import distributions_for
 from service.engine.storage import CARRIED_KEY, optuna_errors
 from service.errors import InvalidRequest
@@ -38,7 +38,7 @@ def enqueue(session: Session, storage: BaseStorage, record: StudyRecord, params_
             checked.append(spec.check_params(params, where=f"trials.{i}.params"))
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from exc
-    started = studies.originals(studies.all_trials(storage, record))
+    started = _started(session, storage, record)
     if started + len(checked) > spec.budget.n_trials:
         raise InvalidRequest(
             f"budget.n_trials: {started} of the study's {spec.budget.n_trials} trials are handed out or queued, "
@@ -52,6 +52,16 @@ def enqueue(session: Session, storage: BaseStorage, record: StudyRecord, params_
             template = optuna.trial.create_trial(state=TrialState.WAITING, system_attrs={"fixed_params": params})
             numbers.append(storage.get_trial_number_from_id(storage.create_new_trial(study_id, template_trial=template)))
     return numbers
+
+
+def _started(session: Session, storage: BaseStorage, record: StudyRecord) -> int:
+    """The trials handed out or queued, as the claims count them: the flat view's originals
+    (read incrementally, on this transaction's connection), not a read of every trial."""
+    with optuna_errors():
+        study_id = coordination.optuna_study_id(storage, record.id, record.optuna_name)
+        view = coordination.study_trials(storage, study_id, conn=session.connection())
+    with view.lock:
+        return view.originals
 
 
 def refuse_fixed_fields(name: str, body: dict[str, Any]) -> None:
@@ -80,7 +90,7 @@ def update(
         data = spec.model_dump(mode="json")
         data["budget"].update(budget)
         changed = StudySpec.model_validate(data)  # a ValidationError is the API's 422, naming the field
-        started = studies.originals(studies.all_trials(storage, record))
+        started = _started(session, storage, record)
         if changed.budget.n_trials < started:
             raise InvalidRequest(f"budget.n_trials: {started} trials are handed out or queued already; at least {started}")
         record.spec = changed.model_dump(mode="json")

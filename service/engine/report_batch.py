@@ -103,7 +103,7 @@ def report_many(
             outcomes[i] = exc
             continue
         seen.add(r.trial_id)
-        if judge.percentile or judge.never:
+        if judge.stopped or coordination.judged_flat(judge.pruner):
             held.append((i, found))
         else:
             again.append((i, caller))  # a pruner the view cannot judge: trials.report judges it
