@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """What the service adds to a trial's coordination, against raw Optuna on the same PostgreSQL.
 
-    .venv/bin/python -m bench.coordination                       # --prefill 100,10000 --trials 30
-    .venv/bin/python -m bench.coordination --sampler tpe
+    .venv/bin/python -m bench.coordination                       # --prefill 100,10000 --trials 30, random and tpe
+    .venv/bin/python -m bench.coordination --sampler tpe         # one sampler
     .venv/bin/python -m bench.coordination --tiny                # seconds; what tests/test_bench.py runs
 
 One trial's coordination is: get a trial with sampled parameters, report 20 intermediate values
@@ -17,9 +17,11 @@ figure alike:
 - raw: `optuna.create_study(storage=RDBStorage(url))` in this process: study.ask() + suggest
   (the same two parameters), 20 x (trial.report + trial.should_prune), study.tell.
 
-Both use the same sampler (RandomSampler(seed) by default: TPE's own cost grows with the study
-and would hide the coordination cost; `--sampler tpe` measures with TPE) and the same pruner
-(MedianPruner(n_startup_trials=5, n_warmup_steps=0)), and both see the same synthetic values.
+Both use the same sampler and the same pruner (MedianPruner(n_startup_trials=5, n_warmup_steps=2),
+DESIGN.md's), and both see the same synthetic values. The default run measures twice, on studies
+of their own: with RandomSampler(seed), where the figure is the coordination alone, and with
+TPESampler(seed) (Optuna 5's default, multivariate), which the service rebuilds for every claim
+and raw Optuna keeps for the study's life; `--sampler random` or `--sampler tpe` runs one.
 A trial always makes all its reports (a "prune" answer is noted and the trial finishes as
 pruned), so every trial does the same work.
 
@@ -82,7 +84,7 @@ from bench._common import (  # noqa: E402
 TEAM = "bench"
 LOW_LR, HIGH_LR = 1e-5, 1.0
 LOW_DROPOUT, HIGH_DROPOUT = 0.2, 0.5
-BENCH_PRUNER = {"n_startup_trials": 5, "n_warmup_steps": 0, "interval_steps": 1, "n_min_trials": 1}
+BENCH_PRUNER = {"n_startup_trials": 5, "n_warmup_steps": 2, "interval_steps": 1, "n_min_trials": 1}
 # The parity check also runs a pruner with warm-up, interval and a minimum of trials.
 OTHER_PRUNER = {"n_startup_trials": 3, "n_warmup_steps": 2, "interval_steps": 2, "n_min_trials": 3}
 # Trials added through Optuna's own add_trials before the bulk copy.
@@ -342,26 +344,30 @@ class Parity:
                 self.first_difference = f"{label} step {step + 1}: service {x}, optuna {y}"
 
 
-def measure(client: Any, storage: Any, sizes: Sequence[int], args: argparse.Namespace, parity: Parity) -> dict[int, tuple[Side, Side]]:
-    """Every prefill size's study pair is made and filled first; then the timed trials go round
-    robin over sizes and sides, so a drift in the machine's speed touches every cell alike."""
+def measure(
+    client: Any, storage: Any, samplers: Sequence[str], sizes: Sequence[int], args: argparse.Namespace, parity: Parity
+) -> dict[tuple[str, int], tuple[Side, Side]]:
+    """Every (sampler, prefill size) cell's study pair is made and filled first; then the timed
+    trials go round robin over cells and sides, so a drift in the machine's speed touches every
+    cell alike."""
     n_total = args.warmup + args.trials
-    studies: dict[int, tuple[str, Any, random.Random]] = {}
-    for n in sizes:
-        name = f"coord-{n}"
-        created = create_study(client, definition(name, args.sampler, args.seed, BENCH_PRUNER, n + n_total + 10, args.reports))
-        study = raw_study(storage, f"raw/{name}", args.sampler, args.seed, BENCH_PRUNER)
-        earlier = earlier_trials(n, args.reports, seed=args.seed + n)
-        t = time.perf_counter()
-        prefill(storage, created["optuna_name"], earlier)
-        prefill(storage, study.study_name, earlier)
-        say(f"prefilled {n} trials into {created['optuna_name']} and {study.study_name} in {time.perf_counter() - t:.1f}s")
-        studies[n] = (name, study, random.Random(args.seed * 7919 + n))
+    studies: dict[tuple[str, int], tuple[str, Any, random.Random]] = {}
+    for sampler in samplers:
+        for n in sizes:
+            name = f"coord-{sampler}-{n}"
+            created = create_study(client, definition(name, sampler, args.seed, BENCH_PRUNER, n + n_total + 10, args.reports))
+            study = raw_study(storage, f"raw/{name}", sampler, args.seed, BENCH_PRUNER)
+            earlier = earlier_trials(n, args.reports, seed=args.seed + n)
+            t = time.perf_counter()
+            prefill(storage, created["optuna_name"], earlier)
+            prefill(storage, study.study_name, earlier)
+            say(f"prefilled {n} trials into {created['optuna_name']} and {study.study_name} in {time.perf_counter() - t:.1f}s")
+            studies[sampler, n] = (name, study, random.Random(args.seed * 7919 + n))
     analyze(storage)
-    results = {n: (Side(), Side()) for n in sizes}
-    say(f"timing {n_total} trials per side and size")
+    results = {cell: (Side(), Side()) for cell in studies}
+    say(f"timing {n_total} trials per side and cell")
     for i in range(n_total):
-        for n, (name, study, rng) in studies.items():
+        for cell, (name, study, rng) in studies.items():
             values = curve(rng, args.reports)
             # Alternate which side goes first, so neither always runs on a machine the other warmed.
             if i % 2 == 0:
@@ -370,17 +376,17 @@ def measure(client: Any, storage: Any, sizes: Sequence[int], args: argparse.Name
                 r, s = raw_trial(study, values), service_trial(client, name, values)
             parity.compare(f"{name} trial {i}", s.decisions, r.decisions)
             if i >= args.warmup:
-                results[n][0].timings.append(s)
-                results[n][1].timings.append(r)
+                results[cell][0].timings.append(s)
+                results[cell][1].timings.append(r)
     return results
 
 
-def prune_parity(client: Any, storage: Any, args: argparse.Namespace, parity: Parity) -> None:
+def prune_parity(client: Any, storage: Any, sampler: str, args: argparse.Namespace, parity: Parity) -> None:
     """Fresh studies, each trial stopping at its side's first prune, as a real worker does."""
     for k, pruner in enumerate((BENCH_PRUNER, OTHER_PRUNER)):
         name = f"parity-{k}"
-        create_study(client, definition(name, args.sampler, args.seed, pruner, args.parity_trials + 10, args.reports))
-        study = raw_study(storage, f"raw/{name}", args.sampler, args.seed, pruner)
+        create_study(client, definition(name, sampler, args.seed, pruner, args.parity_trials + 10, args.reports))
+        study = raw_study(storage, f"raw/{name}", sampler, args.seed, pruner)
         rng = random.Random(args.seed * 104729 + k)
         for i in range(args.parity_trials):
             values = curve(rng, args.reports)
@@ -396,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=30, help="timed trials per side and prefill (default %(default)s)")
     parser.add_argument("--reports", type=int, default=20, help="reports per trial (default %(default)s)")
     parser.add_argument("--warmup", type=int, default=2, help="trials per side and prefill not counted (default %(default)s)")
-    parser.add_argument("--sampler", choices=("random", "tpe"), default="random", help="both sides' sampler (default %(default)s)")
+    parser.add_argument("--sampler", choices=("random", "tpe"), action="append", help="both sides' sampler (repeatable; default random and tpe)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--parity-trials", type=int, default=60, help="trials per pruner setting in the parity check (default %(default)s)")
     parser.add_argument("--tiny", action="store_true", help="a smoke run: --prefill 10,50 --trials 3 --reports 3 --warmup 1 --parity-trials 12")
@@ -404,6 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.tiny:
         args.prefill, args.trials, args.reports, args.warmup, args.parity_trials = "10,50", 3, 3, 1, 12
     sizes = sorted({int(x) for x in args.prefill.split(",") if x.strip()})
+    samplers = list(dict.fromkeys(args.sampler or ["random", "tpe"]))
     if not sizes or args.trials < 1 or args.reports < 1:
         parser.error("need at least one prefill size, --trials >= 1 and --reports >= 1")
 
@@ -412,7 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(machine_line(args.database_url))
     print(
         f"coordination: claim + {args.reports} reports + finish, {args.trials} timed trials per side after {args.warmup} warm-up; "
-        f"sampler {args.sampler}(seed={args.seed}); MedianPruner({', '.join(f'{k}={v}' for k, v in BENCH_PRUNER.items())}); "
+        f"samplers {', '.join(f'{x}(seed={args.seed})' for x in samplers)}; MedianPruner({', '.join(f'{k}={v}' for k, v in BENCH_PRUNER.items())}); "
         f"service: 1 uvicorn process over HTTP; raw: optuna.create_study(storage=RDBStorage(url))"
     )
     sys.stdout.flush()
@@ -424,46 +431,54 @@ def main(argv: Sequence[str] | None = None) -> int:
             with server.client(tokens["admin"]) as admin, server.client(tokens["worker"]) as worker:
                 admin.timeout = worker.timeout = httpx.Timeout(120)
                 client = _Both(admin, worker)
-                results = measure(client, storage, sizes, args, parity)
+                results = measure(client, storage, samplers, sizes, args, parity)
                 say("pruning parity check")
-                prune_parity(client, storage, args, parity)
+                prune_parity(client, storage, samplers[0], args, parity)
         storage.engine.dispose()
 
     rows = []
-    for n, (service, raw) in results.items():
+    for (sampler, n), (service, raw) in results.items():
         for label, side in (("service", service), ("raw optuna", raw)):
             rows.append([
-                n, label, len(side.timings),
+                sampler, n, label, len(side.timings),
                 ms(side.stat("total", 50)), ms(side.stat("total", 99)),
                 ms(side.stat("start", 50)), ms(side.stat("report", 50)), ms(side.stat("report", 99)), ms(side.stat("end", 50)),
                 side.pruned,
             ])
     print()
     print_table(
-        ["earlier trials", "side", "trials", "per trial p50 ms", "per trial p99 ms", "claim/ask p50 ms",
+        ["sampler", "earlier trials", "side", "trials", "per trial p50 ms", "per trial p99 ms", "claim/ask p50 ms",
          "report p50 ms", "report p99 ms", "finish/tell p50 ms", "pruned"],
         rows,
     )
     print()
     lo, hi = sizes[0], sizes[-1]
-    for n, (service, raw) in results.items():
-        print(f"service/raw per-trial p50 @{n} = {ratio(service.stat('total', 50), raw.stat('total', 50))}; "
+    for (sampler, n), (service, raw) in results.items():
+        print(f"{sampler}: service/raw per-trial p50 @{n} = {ratio(service.stat('total', 50), raw.stat('total', 50))}; "
               f"per-trial p99 = {ratio(service.stat('total', 99), raw.stat('total', 99))}; "
+              f"claim/ask p50 = {ratio(service.stat('start', 50), raw.stat('start', 50))}; "
               f"report p50 = {ratio(service.stat('report', 50), raw.stat('report', 50))}")
-    s_lo, r_lo = results[lo]
-    s_hi, r_hi = results[hi]
-    print(f"growth @{hi} / @{lo}: service report p50 {ratio(s_hi.stat('report', 50), s_lo.stat('report', 50))}, "
-          f"service per-trial p50 {ratio(s_hi.stat('total', 50), s_lo.stat('total', 50))}, "
-          f"raw report p50 {ratio(r_hi.stat('report', 50), r_lo.stat('report', 50))}, "
-          f"raw per-trial p50 {ratio(r_hi.stat('total', 50), r_lo.stat('total', 50))}")
+    for sampler in samplers:
+        s_lo, r_lo = results[sampler, lo]
+        s_hi, r_hi = results[sampler, hi]
+        print(f"{sampler}: growth @{hi} / @{lo}: service report p50 {ratio(s_hi.stat('report', 50), s_lo.stat('report', 50))}, "
+              f"service claim p50 {ratio(s_hi.stat('start', 50), s_lo.stat('start', 50))}, "
+              f"service per-trial p50 {ratio(s_hi.stat('total', 50), s_lo.stat('total', 50))}, "
+              f"raw report p50 {ratio(r_hi.stat('report', 50), r_lo.stat('report', 50))}, "
+              f"raw per-trial p50 {ratio(r_hi.stat('total', 50), r_lo.stat('total', 50))}")
     print(f"prune decisions identical: {parity.same}/{parity.total}")
     print(f"  of which {parity.prunes} said prune and {parity.same - parity.prunes} said continue")
     if parity.first_difference:
         print(f"first difference: {parity.first_difference}")
+
+    def per_trial(sampler: str) -> str:
+        cells = [f"@{n} = {ratio(results[sampler, n][0].stat('total', 50), results[sampler, n][1].stat('total', 50))}" for n in sizes]
+        return f"{sampler} " + ", ".join(cells)
+
+    s_lo, s_hi = results[samplers[0], lo][0], results[samplers[0], hi][0]
     print(
-        f"SUMMARY coordination: service/raw per-trial p50 @{lo} = {ratio(s_lo.stat('total', 50), r_lo.stat('total', 50))}"
-        + (f", @{hi} = {ratio(s_hi.stat('total', 50), r_hi.stat('total', 50))}" if hi != lo else "")
-        + f"; service report p50 @{hi} / @{lo} = {ratio(s_hi.stat('report', 50), s_lo.stat('report', 50))}"
+        f"SUMMARY coordination: service/raw per-trial p50 {'; '.join(per_trial(x) for x in samplers)}"
+        + f"; service report p50 @{hi} / @{lo} = {ratio(s_hi.stat('report', 50), s_lo.stat('report', 50))} ({samplers[0]})"
         + f"; prune decisions identical {parity.same}/{parity.total}"
     )
     return 0 if parity.same == parity.total else 1

@@ -34,7 +34,8 @@ def summary(result: subprocess.CompletedProcess[str], prefix: str) -> str:
 def test_coordination_tiny(admin_url: str) -> None:
     result = run_bench("bench.coordination", admin_url)
     line = summary(result, "SUMMARY coordination:")
-    assert "service/raw per-trial p50 @10 =" in line and "service report p50 @50 / @10 =" in line, line
+    assert re.search(r"service/raw per-trial p50 random @10 = \S+, @50 = \S+; tpe @10 = \S+, @50 = \S+;", line), line
+    assert "service report p50 @50 / @10 =" in line, line
     parity = re.search(r"^prune decisions identical: (\d+)/(\d+)$", result.stdout, re.MULTILINE)
     assert parity, result.stdout
     same, total = int(parity.group(1)), int(parity.group(2))

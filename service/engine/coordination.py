@@ -89,6 +89,9 @@ class StudyTrials:
     # number of completed trials they were read at: they change only when a trial completes
     # (best_trial_ids).
     best: tuple[int, frozenset[int]] | None = None
+    # The samplers' incremental search spaces for this study, carried from claim to claim
+    # (factories.keep_search_spaces).
+    search_spaces: dict[str, Any] = field(default_factory=dict)
     # Refreshes run their reads outside the lock, so several may be in flight; one that started
     # before the last one applied only adds what cannot go back (new trials, finished states).
     _started: int = 0

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 import optuna
+from optuna.search_space import IntersectionSearchSpace
+from optuna.search_space.group_decomposed import _GroupDecomposedSearchSpace
 
 from service.errors import InvalidRequest
 from service.spec import CategoricalParam, ConditionalParam, FloatParam, IntParam, StudySpec, active_order, defaults_for
@@ -261,8 +263,37 @@ def _pruner(p: Pruner | Wrappable) -> optuna.pruners.BasePruner:
 
 
 def load_study(
-    storage: optuna.storages.BaseStorage, optuna_name: str, spec: StudySpec, n_claimed: int = 0
+    storage: optuna.storages.BaseStorage,
+    optuna_name: str,
+    spec: StudySpec,
+    n_claimed: int = 0,
+    search_spaces: dict[str, Any] | None = None,
 ) -> optuna.Study:
-    return optuna.load_study(
-        study_name=optuna_name, storage=storage, sampler=build_sampler(spec, n_claimed), pruner=build_pruner(spec)
-    )
+    """`search_spaces`: the study's kept search spaces (keep_search_spaces), for a claim."""
+    sampler = build_sampler(spec, n_claimed)
+    if search_spaces is not None:
+        keep_search_spaces(sampler, search_spaces)
+    return optuna.load_study(study_name=optuna_name, storage=storage, sampler=sampler, pruner=build_pruner(spec))
+
+
+# Optuna's incremental search spaces: each remembers the trial number up to which it has read the
+# study (the first unfinished trial stops it) and reads only the trials after it on the next call.
+_INCREMENTAL = (IntersectionSearchSpace, _GroupDecomposedSearchSpace)
+
+
+def keep_search_spaces(sampler: optuna.samplers.BaseSampler, kept: dict[str, Any]) -> None:
+    """Give a claim's new sampler the search spaces its study's earlier claims built, in place of
+    its own empty ones (`kept`: one study's, filled on first use).
+
+    Multivariate TPE (Optuna 5's default), GP, CMA-ES and NSGA-II/III infer the space from the
+    trials, in one of Optuna's incremental objects. A sampler rebuilt for every claim (build_sampler)
+    would start it empty and walk every trial of the study on each claim: at 10,000 trials that
+    was a quarter of a TPE claim (docs/benchmarks.md, section a), where raw Optuna, whose sampler
+    lives as long as its study, reads the trials since the last one. The object depends only on
+    the study's finished trials, which never change, so any claim may carry it on; a study's
+    claims are serialized by its row lock (trials.try_claim), so two never use it at once. Keyed
+    by sampler class and attribute, as each class builds its own (TPE counts pruned trials in,
+    the others do not)."""
+    for name, value in list(vars(sampler).items()):
+        if isinstance(value, _INCREMENTAL):
+            setattr(sampler, name, kept.setdefault(f"{type(sampler).__name__}.{name}", value))

@@ -67,7 +67,7 @@ def try_claim(
     if started >= spec.budget.n_trials and not known.waiting:
         return None
     with optuna_errors():
-        study = load_study(storage, record.optuna_name, spec, n_claimed=started)
+        study = load_study(storage, record.optuna_name, spec, n_claimed=started, search_spaces=known.search_spaces)
         # A WAITING retry comes first (Optuna pops it), keeping its params and inherited curve.
         with warnings.catch_warnings():
             # Optuna expects heartbeats only inside study.optimize; here leases drive them.
