@@ -1,54 +1,62 @@
 #!/usr/bin/env python
-"""What median pruning saves: total epochs trained and best validation loss, with the demo's
-median pruner against no pruning, on the same sampler seeds.
+"""Pruning at equal compute: each arm (a pruner, or none) trains trials until it has used the same
+epoch budget, and is judged by its anytime curve, the best loss found after each epoch consumed.
+That is how the Optuna paper, ASHA, Hyperband and BOHB compare pruners: the epochs a pruner saves
+buy more trials, and the question is whether they find a better model sooner.
 
-    .venv/bin/python -m bench.pruning                 # demo size: 40 trials x 15 epochs, seeds 0 1 2
-    .venv/bin/python -m bench.pruning --tiny          # 6 trials x 3 epochs, seed 0 (for the tests)
-    .venv/bin/python -m bench.pruning --seeds $(seq 100 119) --jobs 2 \
-        --pruner median:5:2 --pruner median:5:6 --pruner percentile:25:5:2   # several pruners, one run
+    .venv/bin/python -m bench.pruning                  # 3 workloads x 20 seeds, the default pruner vs none
+    .venv/bin/python -m bench.pruning --tiny           # 3 epochs per trial, budget 9, seeds 0 1 (the tests)
+    .venv/bin/python -m bench.pruning --workload demo --pruner median:5:2 --pruner hyperband:max_resource=15 \
+        --pruner successive_halving:min_resource=1,reduction_factor=3 --plot docs/pruning-anytime.png
 
-`--pruner` (repeatable) compares other settings of the service's pruners with the same no-pruning
-arm: `median[:STARTUP:WARMUP]` or `percentile:P[:STARTUP:WARMUP]`, each built from a study
-definition by the service's `build_pruner`. The summary line is the first pruner's. To try a
-pruner the service does not offer (yet), `optuna:CLASS[:KEY=VALUE,...]` builds one of
-`optuna.pruners` directly, e.g. `optuna:SuccessiveHalvingPruner:min_resource=1,reduction_factor=2`
-(numbers only as values).
+Workloads (`--workload`, repeatable; default all three), each with the demo's search space
+(`service.cli.up.demo_definition`: optimizer sgd/adam with its conditional lr, batch size 1 to
+1024 log, dropout, weight decay, schedule), TPE, 15 epochs per trial:
+  demo        the demo study itself: the MLP on scikit-learn's digits;
+  cnn         the built-in cnn on digits as 8x8 images (16 channels in the first block), batch
+              sizes 16 to 1024;
+  regression  the MLP on a synthetic regression (make_regression, 2000 x 20, noise 10).
 
-The study is exactly the demo's (`service.cli.up.demo_definition`): the digits MLP, its search
-space sampled define-by-run by the service's own `service.engine.factories.suggest`, TPE, and the
-pruner the service builds from the spec (`build_pruner`: median, n_startup_trials=5,
-n_warmup_steps=2), against `optuna.pruners.NopPruner`. Each trial is trained in this process by
-the real built-in trainer (`worker.trainer.train(..., "cpu")`), reporting the validation loss
-after every epoch (step = epoch) as a worker does; the objective is the best validation loss over
-the trial's epochs (README, "The objective"); a run the divergence guard stops is pruned, as the
-worker does, in both arms. Optuna runs in-process on in-memory storage: no service, no database,
-so what is measured is the pruner alone.
+The budget is the study definition's `budget.max_epochs` (default 600: what 40 unpruned trials of
+15 epochs use), spent as the service spends it: a trial is started while the epochs used are
+below the budget, and runs to its end or its pruning (no trial is cut short), so an arm may use a
+few epochs more than the budget; its curve is read up to the budget only.
 
-The one difference from the service: the service rebuilds the sampler for every claim with the
-seed advanced by the number of claims (`build_sampler`), where this script keeps one
-`TPESampler(seed=s)` per study; both arms of a seed start from the same sampler state, and their
-trials are identical until the first one is pruned.
+`--pruner` (repeatable) takes a study definition's pruner, built by the service's `build_pruner`:
+`KIND[:KEY=VALUE,...]` (e.g. `hyperband:max_resource=15`, `percentile:percentile=25`), the short
+`median:STARTUP:WARMUP` / `percentile:P:STARTUP:WARMUP`, or JSON (`{"kind": "patience", ...}`).
+The default is the demo's (DESIGN.md's `median`, n_startup_trials=5, n_warmup_steps=2).
 
-"Epochs" counts the epochs actually trained (a pruned trial's epochs up to its pruning, a
-diverged one's up to the epoch the guard stopped). "Best" is the best value of the study's
-COMPLETE trials (`study.best_value`, what the service reports as the best trial).
+Each trial is trained in this process by the real built-in trainer (`worker.trainer.train(...,
+"cpu")`), reporting the validation loss after every epoch (step = epoch) as a worker does; a run
+the divergence guard stops is pruned, in every arm. Optuna runs in-process on in-memory storage:
+what is measured is the pruner alone. The one difference from the service: the service rebuilds
+the sampler for every claim with the seed advanced by the claims (`build_sampler`), where this
+keeps one `TPESampler(seed=s)` per study; every arm of a seed starts from the same sampler state.
 
-Prints a table per seed and ONE summary line:
+"Best loss" after e epochs is the best objective among the trials COMPLETE by then (a trial's
+objective is its lowest validation loss; README, "The objective"): what the service reports as the
+best trial at that moment. Per workload and pruner, over the seeds (no pruning re-seeded too):
+  - loss@1/4, @1/2, @1: the pruned arm's best loss over no pruning's at that share of the budget
+    (median and quartiles), and the share of seeds where the pruned arm is at least as good at 1;
+  - reach: the epochs the pruned arm needs until its best loss is at most no pruning's at the
+    full budget, over the budget (median; "never" counts as the budget).
+Prints a row per arm, a table per workload and ONE summary line, per pruner:
 
-    SUMMARY pruning: epochs pruned/unpruned = 0.38x; best loss pruned/unpruned = 1.01x (mean over 3 seeds)
+    SUMMARY pruning: median:5:2 [demo 0.98x 80% 0.45x | cnn ... | regression ...] (loss@1 median, seeds >= none, reach median; 20 seeds)
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
+import json
 import math
 import os
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,11 +65,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 # As a worker trains (worker/cli.py): MKL's strict reproducibility, so that a study's numbers do
-# not depend on where its tensors happen to be allocated. Without it the trials' last bits, and so
-# the studies' TPE histories, differ from the workers' (docs/benchmarks.md, section c).
+# not depend on where its tensors happen to be allocated (docs/benchmarks.md, section c).
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 import optuna  # noqa: E402
+import pydantic  # noqa: E402
 import torch  # noqa: E402
 
 from service.cli.up import demo_definition  # noqa: E402
@@ -69,183 +77,264 @@ from service.engine.factories import build_pruner, suggest  # noqa: E402
 from service.spec import StudySpec, defaults_for  # noqa: E402
 from worker.trainer import train  # noqa: E402
 
+WORKLOADS: dict[str, dict[str, Any]] = {
+    "demo": {"model": "mlp", "dataset": "digits"},
+    "cnn": {"model": "cnn", "dataset": "digits", "channels": 16},  # batch sizes 16 to 1024: SPACES
+    "regression": {
+        "model": "mlp",
+        "dataset": {"kind": "synthetic", "task": "regression", "n_samples": 2000, "n_features": 20, "noise": 10.0, "seed": 0},
+    },
+}
+# Where a workload's space differs from the demo's. The cnn's batch starts at 16: below that an
+# epoch is hundreds of tiny steps (a second each on this CPU) for sizes no one trains a cnn at.
+SPACES: dict[str, dict[str, Any]] = {"cnn": {"batch_size": {"type": "int", "low": 16, "high": 1024, "log": True}}}
+# Rough cost of an epoch relative to the demo's, to start the slow arms first.
+COST = {"demo": 1.0, "cnn": 3.0, "regression": 0.7}
+FRACTIONS = (0.25, 0.5, 1.0)
+DEFAULT_PRUNER = "median:5:2"
+
 
 @dataclass
 class Arm:
+    workload: str
+    pruner: str
     seed: int
-    epochs: int  # epochs actually trained, summed over the trials
-    best: float  # best value of the COMPLETE trials (inf if none completed)
+    curve: list[float]  # best COMPLETE objective after each epoch consumed, up to the budget (inf before one)
+    epochs: int  # epochs trained, the last trial's beyond the budget included
+    trials: int
     complete: int
-    pruned_trials: int
+    pruned: int
     diverged: int
     seconds: float
 
 
-def run_arm(spec: StudySpec, seed: int, device: str, pruner: optuna.pruners.BasePruner | None = None) -> Arm:
-    """`pruner`: instead of the one the service builds from the spec."""
+def definition(workload: str, epochs: int, budget: int, pruner: dict[str, Any]) -> dict[str, Any]:
+    d = demo_definition(f"bench-pruning-{workload}", 1, epochs)
+    d["workload"] = {**WORKLOADS[workload], "epochs": epochs}
+    d["space"] = {**d["space"], **SPACES.get(workload, {})}
+    d["budget"] = {"n_trials": 1_000_000, "max_epochs": budget, "max_concurrent": 1}
+    d["pruner"] = pruner
+    return d
+
+
+def run_arm(spec: StudySpec, seed: int, device: str) -> tuple[list[float], dict[str, int]]:
+    """Trials until the epochs used reach spec.budget.max_epochs; the anytime curve and counts."""
+    budget = spec.budget.max_epochs
+    assert budget is not None
     workload = spec.workload
     hp_base = {**defaults_for(workload.model), **workload.fixed}
-    pruner = pruner or build_pruner(spec)
-    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner)
-    counts = {"epochs": 0, "diverged": 0}
-
-    def objective(trial: optuna.Trial) -> float:
+    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed), pruner=build_pruner(spec))
+    counts = {"epochs": 0, "trials": 0, "complete": 0, "pruned": 0, "diverged": 0}
+    curve: list[float] = []
+    best = math.inf
+    while counts["epochs"] < budget:
+        trial = study.ask()
+        counts["trials"] += 1
         hp = {**hp_base, **suggest(trial, spec)}  # as Assignment.hyperparameters() merges them
-        best: float | None = None
+        own: float | None = None
+        state = optuna.trial.TrialState.COMPLETE
         run = train(workload, hp, device)
         try:
             for result in run:
                 counts["epochs"] += 1
+                if counts["epochs"] <= budget:
+                    curve.append(best)
                 if result.diverged or not math.isfinite(result.val_loss):
                     counts["diverged"] += 1
-                    raise optuna.TrialPruned(result.diverged or "non-finite validation loss")
-                best = result.val_loss if best is None else min(best, result.val_loss)
+                    state = optuna.trial.TrialState.PRUNED
+                    break
+                own = result.val_loss if own is None else min(own, result.val_loss)
                 trial.report(result.val_loss, result.epoch)
                 if trial.should_prune():
-                    raise optuna.TrialPruned()
+                    state = optuna.trial.TrialState.PRUNED
+                    break
         finally:
             run.close()
-        assert best is not None
-        return best
-
-    started = time.perf_counter()
-    study.optimize(objective, n_trials=spec.budget.n_trials, catch=())
-    seconds = time.perf_counter() - started
-    states = [t.state for t in study.trials]
-    complete = states.count(optuna.trial.TrialState.COMPLETE)
-    n_pruned = states.count(optuna.trial.TrialState.PRUNED)
-    best = study.best_value if complete else math.inf
-    return Arm(seed, counts["epochs"], best, complete, n_pruned, counts["diverged"], seconds)
-
-
-def parse_pruner(text: str) -> dict[str, Any]:
-    """`median[:STARTUP:WARMUP]` or `percentile:P[:STARTUP:WARMUP]`: a study definition's pruner;
-    `optuna:CLASS[:KEY=VALUE,...]`: {"kind": "optuna", "class": CLASS, "kwargs": {...}}."""
-    kind, *numbers = text.split(":")
-    try:
-        if kind == "optuna" and len(numbers) in (1, 2):
-            name = numbers[0]
-            if not isinstance(getattr(optuna.pruners, name, None), type):
-                raise ValueError(text)
-            pairs = [item.split("=") for item in numbers[1].split(",")] if len(numbers) == 2 else []
-            kwargs = {key: _number(value) for key, value in pairs}
-            getattr(optuna.pruners, name)(**kwargs)  # a wrong keyword or value fails here, not in a job
-            return {"kind": kind, "class": name, "kwargs": kwargs}
-        if kind == "percentile" and len(numbers) in (1, 3):
-            found: dict[str, Any] = {"kind": kind, "percentile": float(numbers[0])}
-            numbers = numbers[1:]
-        elif kind == "median" and len(numbers) in (0, 2):
-            found = {"kind": kind}
+        if state == optuna.trial.TrialState.COMPLETE:
+            assert own is not None
+            study.tell(trial, own)
+            counts["complete"] += 1
+            # It completed at the epoch just consumed: the curve has it from that epoch on.
+            if counts["epochs"] <= budget:
+                best = min(best, own)
+                curve[-1] = best
         else:
-            raise ValueError(text)
-        if numbers:
-            found.update(n_startup_trials=int(numbers[0]), n_warmup_steps=int(numbers[1]))
-    except (ValueError, TypeError):
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: expected median[:STARTUP:WARMUP], percentile:P[:STARTUP:WARMUP] or optuna:CLASS[:KEY=VALUE,...]"
-        ) from None
-    return found
+            study.tell(trial, state=state)
+            counts["pruned"] += 1
+    return curve, counts
 
 
-def _number(text: str) -> int | float:
-    return int(text) if text.lstrip("-").isdigit() else float(text)
-
-
-def label(pruner: dict[str, Any]) -> str:
-    if pruner["kind"] == "none":
-        return "none"
-    if pruner["kind"] == "optuna":
-        short = pruner["class"].removesuffix("Pruner")
-        return ":".join([short, *(f"{value:g}" for value in pruner["kwargs"].values())])
-    head = f"p{pruner['percentile']:g}" if pruner["kind"] == "percentile" else "median"
-    return f"{head}:{pruner['n_startup_trials']}:{pruner['n_warmup_steps']}"
-
-
-def run_job(definition: dict[str, Any], seed: int, device: str, threads: int) -> Arm:
-    """One arm, in whichever process runs it (--jobs): a study's numbers depend only on its seed."""
+def run_job(workload: str, label: str, pruner: dict[str, Any], seed: int, epochs: int, budget: int, device: str, threads: int) -> Arm:
+    """One arm, in whichever process runs it (--jobs): an arm's numbers depend only on its inputs."""
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    chosen = definition["pruner"]
-    if chosen["kind"] == "optuna":
-        spec = StudySpec.model_validate({**definition, "pruner": {"kind": "none"}})
-        return run_arm(spec, seed, device, getattr(optuna.pruners, chosen["class"])(**chosen["kwargs"]))
-    return run_arm(StudySpec.model_validate(definition), seed, device)
+    spec = StudySpec.model_validate(definition(workload, epochs, budget, pruner))
+    started = time.perf_counter()
+    curve, counts = run_arm(spec, seed, device)
+    return Arm(workload, label, seed, curve, seconds=time.perf_counter() - started, **counts)
+
+
+def parse_pruner(text: str) -> tuple[str, dict[str, Any]]:
+    """A label and a study definition's pruner, checked by the service's own model."""
+    kind, _, rest = text.partition(":")
+    try:
+        if text.lstrip().startswith("{"):
+            found = json.loads(text)
+        elif "=" in rest:
+            found = {"kind": kind, **{k: _value(v) for k, v in (item.split("=", 1) for item in rest.split(","))}}
+        else:
+            numbers = rest.split(":") if rest else []
+            found = {"kind": kind}
+            if kind == "percentile":
+                found["percentile"] = float(numbers.pop(0))
+            if numbers:
+                if kind not in ("median", "percentile") or len(numbers) != 2:
+                    raise ValueError(text)
+                found.update(n_startup_trials=int(numbers[0]), n_warmup_steps=int(numbers[1]))
+        pruner = StudySpec.model_validate({**definition("demo", 15, 600, found)}).pruner.model_dump(exclude_none=True)
+    except (ValueError, IndexError, pydantic.ValidationError) as e:
+        detail = ""
+        if isinstance(e, pydantic.ValidationError):
+            first = e.errors()[0]
+            detail = f" ({'.'.join(str(part) for part in first['loc'])}: {first['msg']})"
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected KIND[:KEY=VALUE,...] (a study definition's pruner), median:STARTUP:WARMUP, "
+            f"percentile:P[:STARTUP:WARMUP] or JSON{detail}"
+        ) from None
+    return text, pruner
+
+
+def _value(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"none": None, "true": True, "false": False}.get(text, text)
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    """Median and quartiles; an inf (the pruned arm had no complete trial yet) sorts last."""
+    if len(values) == 1:
+        return values[0], values[0], values[0]
+    ordered = sorted(values)
+    q1, _, q3 = statistics.quantiles([min(v, 1e300) for v in ordered], n=4, method="inclusive")
+    return statistics.median(ordered), q1 if q1 < 1e300 else math.inf, q3 if q3 < 1e300 else math.inf
+
+
+def ratio(a: float, b: float) -> float:
+    if math.isinf(a) and math.isinf(b):
+        return 1.0  # neither arm has a complete trial yet: neither has found anything
+    if math.isinf(a) or b <= 0:
+        return math.inf
+    return a / b
+
+
+def reach(curve: list[float], target: float, budget: int) -> int:
+    """Epochs until the curve is at or below target; the budget if it never gets there."""
+    return next((i + 1 for i, value in enumerate(curve) if value <= target), budget)
+
+
+def compare(arms: dict[tuple[str, str, int], Arm], workload: str, label: str, seeds: list[int], budget: int) -> dict[str, Any]:
+    pairs = [(arms[workload, label, s], arms[workload, "none", s]) for s in seeds]
+    out: dict[str, Any] = {}
+    for f in FRACTIONS:
+        i = max(1, round(f * budget)) - 1
+        out[f] = quartiles([ratio(p.curve[i], n.curve[i]) for p, n in pairs])
+    out["share"] = sum(p.curve[-1] <= n.curve[-1] for p, n in pairs) / len(pairs)
+    reached = [reach(p.curve, n.curve[-1], budget) for p, n in pairs]
+    out["reach"] = statistics.median(reached) / budget
+    out["never"] = sum(p.curve[-1] > n.curve[-1] for p, n in pairs)
+    out["trials"] = statistics.median(p.trials for p, _ in pairs)
+    out["epochs"] = statistics.median(p.epochs for p, _ in pairs)
+    return out
+
+
+def fmt(q: tuple[float, float, float]) -> str:
+    median, q1, q3 = q
+    return f"{median:.3f}x [{q1:.3f}, {q3:.3f}]"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", type=int, default=40, help="trials per study (the demo's 40)")
+    parser.add_argument("--workload", choices=list(WORKLOADS), action="append", help="repeatable; default all three")
     parser.add_argument("--epochs", type=int, default=15, help="epochs per trial (the demo's 15)")
-    parser.add_argument("--seeds", type=int, nargs="+", help="TPE sampler seeds (default 0 1 2; 0 with --tiny)")
-    parser.add_argument(
-        "--pruner",
-        type=parse_pruner,
-        action="append",
-        help="a pruner to compare with none, as median[:STARTUP:WARMUP], percentile:P[:STARTUP:WARMUP] or "
-        "optuna:CLASS[:KEY=VALUE,...] (repeatable; default: the demo's; the summary line is the first one's)",
-    )
-    parser.add_argument("--jobs", type=int, default=1, help="studies run at once, one process each (the seconds column is then shared time)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per study (default 1, for stable timing)")
+    parser.add_argument("--budget", type=int, default=600, help="epochs per arm: budget.max_epochs (default 40 x 15)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="TPE sampler seeds (default 0 to 19; 0 1 with --tiny)")
+    parser.add_argument("--pruner", type=parse_pruner, action="append", help=f"repeatable; default {DEFAULT_PRUNER}, the demo's")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="arms run at once, one process each (default: the CPUs)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per arm")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--tiny", action="store_true", help="6 trials x 3 epochs, seed 0 unless --seeds (for the tests)")
+    parser.add_argument("--plot", type=Path, help="write the anytime curves (median and quartile band per arm) as a PNG here")
+    parser.add_argument("--save", type=Path, help="write every arm's curve and counts as JSON here")
+    parser.add_argument("--tiny", action="store_true", help="3 epochs per trial, budget 9, seeds 0 1 (for the tests)")
     args = parser.parse_args(argv)
     if args.tiny:
-        args.trials, args.epochs = 6, 3
-    args.seeds = args.seeds or ([0] if args.tiny else [0, 1, 2])
-    demo = demo_definition("bench-pruning", args.trials, args.epochs)
-    pruners = [p if p["kind"] == "optuna" else StudySpec.model_validate({**demo, "pruner": p}).pruner.model_dump() for p in args.pruner or [demo["pruner"]]]
-    arms_of = [*pruners, {"kind": "none"}]
+        args.epochs, args.budget = 3, 9
+    args.seeds = args.seeds or ([0, 1] if args.tiny else list(range(20)))
+    workloads = args.workload or list(WORKLOADS)
+    pruners = dict(args.pruner or [parse_pruner(DEFAULT_PRUNER)])
+    arm_pruners = {**pruners, "none": {"kind": "none"}}
     print(
-        f"pruning: digits MLP, demo space, {args.trials} trials x {args.epochs} epochs, seeds {args.seeds}, TPE; "
-        f"{', '.join(label(p) for p in pruners)} (kind:n_startup_trials:n_warmup_steps; optuna pruners as Class:values) vs none; "
+        f"pruning at equal compute: workloads {', '.join(workloads)}; demo space, TPE, {args.epochs} epochs per trial, "
+        f"budget {args.budget} epochs per arm; seeds {args.seeds}; {', '.join(pruners)} vs none; "
         f"device {args.device}, {args.threads} thread(s), {args.jobs} job(s)",
         flush=True,
     )
-    header = f"{'seed':>4}  {'pruner':<22}  {'epochs':>6}  {'of max':>6}  {'best loss':>9}  {'complete':>8}  {'pruned':>6}  {'diverged':>8}  {'seconds':>7}"
+    jobs = [(w, label, p, s) for w in sorted(workloads, key=lambda w: -COST[w]) for s in args.seeds for label, p in arm_pruners.items()]
+    header = f"{'workload':<10}  {'seed':>4}  {'pruner':<28}  {'epochs':>6}  {'trials':>6}  {'complete':>8}  {'pruned':>6}  {'diverged':>8}  " + "  ".join(
+        f"{'best@' + str(f):>9}" for f in FRACTIONS
+    ) + f"  {'seconds':>7}"
     print(header)
-    print("-" * len(header))
-    jobs = [(seed, p) for seed in args.seeds for p in arms_of]
-    definitions, seeds = [{**demo, "pruner": p} for _, p in jobs], [seed for seed, _ in jobs]
-    job = functools.partial(run_job, device=args.device, threads=args.threads)
+    print("-" * len(header), flush=True)
+    arms: dict[tuple[str, str, int], Arm] = {}
+
+    def show(arm: Arm) -> None:
+        bests = "  ".join(f"{arm.curve[max(1, round(f * args.budget)) - 1]:>9.4f}" for f in FRACTIONS)
+        print(
+            f"{arm.workload:<10}  {arm.seed:>4}  {arm.pruner:<28}  {arm.epochs:>6}  {arm.trials:>6}  {arm.complete:>8}  "
+            f"{arm.pruned:>6}  {arm.diverged:>8}  {bests}  {arm.seconds:>7.1f}",
+            flush=True,
+        )
+        arms[arm.workload, arm.pruner, arm.seed] = arm
+
+    common = (args.epochs, args.budget, args.device, args.threads)
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs) as pool:
-            results = list(pool.map(job, definitions, seeds))
+            for future in as_completed([pool.submit(run_job, w, label, p, s, *common) for w, label, p, s in jobs]):
+                show(future.result())
     else:
-        results = list(map(job, definitions, seeds))
-    arms = {(seed, label(p)): arm for (seed, p), arm in zip(jobs, results)}
-    for seed, p in jobs:
-        arm = arms[seed, label(p)]
-        print(
-            f"{seed:>4}  {label(p):<22}  {arm.epochs:>6}  {args.trials * args.epochs:>6}  "
-            f"{arm.best:>9.4f}  {arm.complete:>8}  {arm.pruned_trials:>6}  {arm.diverged:>8}  {arm.seconds:>7.1f}"
-        )
+        for w, label, p, s in jobs:
+            show(run_job(w, label, p, s, *common))
     print("-" * len(header))
-    mean = statistics.fmean
-    unpruned = [arms[seed, "none"].best for seed in args.seeds]
-    if len(unpruned) > 1 and all(math.isfinite(b) for b in unpruned):
-        # How far two studies without pruning land apart from seed to seed: the scale on which a
-        # best-loss ratio over a few seeds can be read.
-        print(f"none: best loss over seeds: mean {mean(unpruned):.4f}, spread (sd/mean) {statistics.stdev(unpruned) / mean(unpruned):.1%}")
-    summaries = []
-    for p in pruners:
-        pairs = [(arms[seed, label(p)], arms[seed, "none"]) for seed in args.seeds]
-        epoch_ratios = [a.epochs / b.epochs for a, b in pairs]
-        loss_ratios = [a.best / b.best for a, b in pairs if math.isfinite(a.best) and math.isfinite(b.best) and b.best > 0]
-        per_seed = ", ".join(f"{r:.2f}x" for r in epoch_ratios) + "; best loss " + ", ".join(f"{r:.3f}x" for r in loss_ratios)
-        print(f"{label(p)}/none per seed: epochs {per_seed}")
-        loss_part = f"{mean(loss_ratios):.2f}x" if loss_ratios else "n/a (a study completed no trial)"
-        if loss_ratios:
-            within = sum(r <= 1.02 for r in loss_ratios)
+    results = {(w, label): compare(arms, w, label, args.seeds, args.budget) for w in workloads for label in pruners}
+    for w in workloads:
+        own = statistics.median(reach(arms[w, "none", s].curve, arms[w, "none", s].curve[-1], args.budget) for s in args.seeds)
+        print(f"\n{w}: none reaches its own final best at {own / args.budget:.2f}x the budget (median)")
+        print(f"  {'pruner':<28}  {'loss@1/4':>24}  {'loss@1/2':>24}  {'loss@1':>24}  {'>= none':>7}  {'reach':>5}  {'never':>5}  {'trials':>6}")
+        for label in pruners:
+            r = results[w, label]
             print(
-                f"{label(p)}/none: epochs {mean(epoch_ratios):.2f}x; best loss mean {mean(loss_ratios):.3f}x, "
-                f"median {statistics.median(loss_ratios):.3f}x, within 2 % (or better) in {within} of {len(loss_ratios)} seeds"
+                f"  {label:<28}  {fmt(r[0.25]):>24}  {fmt(r[0.5]):>24}  {fmt(r[1.0]):>24}  {r['share']:>7.0%}  "
+                f"{r['reach']:>4.2f}x  {r['never']:>5}  {r['trials']:>6g}"
             )
-        summaries.append((mean(epoch_ratios), loss_part))
+        print(f"  {'none':<28}  {'':>24}  {'':>24}  {'':>24}  {'':>7}  {'':>5}  {'':>5}  {statistics.median(arms[w, 'none', s].trials for s in args.seeds):>6g}")
+    if args.save:
+        args.save.write_text(json.dumps({"budget": args.budget, "epochs": args.epochs, "arms": [asdict(a) for a in arms.values()]}))
+    if args.plot:
+        from bench.pruning_plot import plot
+
+        plot(arms, workloads, [*pruners, "none"], args.seeds, args.budget, args.plot)
+        print(f"plot: {args.plot}")
     n = len(args.seeds)
-    epochs, loss_part = summaries[0]
+    parts = []
+    for label in pruners:
+        per = " | ".join(f"{w} {results[w, label][1.0][0]:.2f}x {results[w, label]['share']:.0%} {results[w, label]['reach']:.2f}x" for w in workloads)
+        goal = sum(results[w, label]["share"] >= 0.75 and results[w, label]["reach"] <= 0.5 for w in workloads)
+        parts.append(f"{label} [{per}] goal met on {goal}/{len(workloads)}")
     print(
-        f"SUMMARY pruning: epochs pruned/unpruned = {epochs:.2f}x; "
-        f"best loss pruned/unpruned = {loss_part} (mean over {n} seed{'s' if n != 1 else ''})",
+        f"SUMMARY pruning: {'; '.join(parts)} (loss@1 median over none, share of seeds >= none, reach median; "
+        f"{n} seed{'s' if n != 1 else ''}, budget {args.budget} epochs)",
         flush=True,
     )
     return 0

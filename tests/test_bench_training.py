@@ -4,6 +4,7 @@ the numbers belong in docs/benchmarks.md, measured at full size."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -36,35 +37,37 @@ def summary(stdout: str, name: str) -> str:
 
 def test_pruning_tiny() -> None:
     line = summary(run_bench("pruning", "--tiny"), "pruning")
-    assert re.search(r"epochs pruned/unpruned = \d+\.\d+x; best loss pruned/unpruned = \S+", line), line
+    per = r"\S+x \d+% \S+x"
+    assert re.search(rf"median:5:2 \[demo {per} \| cnn {per} \| regression {per}\] goal met on \d/3 ", line), line
+    assert "2 seeds, budget 9 epochs" in line, line
 
 
-def test_pruning_tiny_compares_several_pruners_in_processes() -> None:
-    out = run_bench("pruning", "--tiny", "--seeds", "0", "1", "--pruner", "median:1:1", "--pruner", "percentile:25:1:1", "--jobs", "2")
-    line = summary(out, "pruning")
-    assert re.search(r"epochs pruned/unpruned = \d+\.\d+x; best loss pruned/unpruned = \S+ \(mean over 2 seeds\)", line), line
-    for name in ("median:1:1", "p25:1:1"):
-        assert re.search(rf"^{name}/none: epochs \d+\.\d+x; best loss mean", out, re.MULTILINE), out
-    assert re.search(r"^none: best loss over seeds: mean", out, re.MULTILINE), out
-
-
-def test_pruning_tiny_runs_a_pruner_optuna_has_and_the_service_does_not() -> None:
+def test_pruning_tiny_compares_several_pruners_in_processes(tmp_path: Path) -> None:
     # A threshold of 0 prunes every trial at its first report, whatever the machine's numbers:
-    # the row shows the pruner named on the command line was the one the study ran.
-    out = run_bench("pruning", "--tiny", "--pruner", "optuna:ThresholdPruner:upper=0")
-    row = re.search(r"^\s*0  Threshold:0 +(\d+) +18 +\S+ +(\d+) +(\d+) ", out, re.MULTILINE)
-    assert row, out
-    epochs, complete, pruned = map(int, row.groups())
-    assert (complete, pruned) == (0, 6) and epochs <= 6, out
-    assert "best loss pruned/unpruned = n/a" in summary(out, "pruning")
+    # its rows show that the pruner named on the command line is the one the arm ran.
+    plot, saved = tmp_path / "anytime.png", tmp_path / "arms.json"
+    out = run_bench(
+        "pruning", "--tiny", "--workload", "demo", "--jobs", "2", "--plot", str(plot), "--save", str(saved),
+        "--pruner", "median:1:1", "--pruner", "successive_halving:min_resource=1,reduction_factor=2", "--pruner", "threshold:upper=0",
+    )
+    line = summary(out, "pruning")
+    assert re.search(r"median:1:1 \[demo \S+x \d+% \S+x\] goal met on \d/1; successive_halving:\S+ \[demo ", line), line
+    rows = re.findall(r"^demo +(\d) +threshold:upper=0 +(\d+) +(\d+) +(\d+) +(\d+) ", out, re.MULTILINE)
+    assert len(rows) == 2, out
+    for _, epochs, trials, complete, pruned in rows:
+        assert int(complete) == 0 and int(pruned) == int(trials) == int(epochs) >= 9, out
+    assert "threshold:upper=0 [demo infx 0% 1.00x]" in line, line
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    arms = json.loads(saved.read_text())["arms"]
+    assert len(arms) == 2 * 4 and all(len(a["curve"]) == 9 for a in arms)
 
 
-def test_pruning_rejects_an_unknown_optuna_pruner_keyword() -> None:
+def test_pruning_rejects_a_pruner_the_study_definition_refuses() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "bench.pruning", "--tiny", "--pruner", "optuna:SuccessiveHalvingPruner:rungs=3"],
+        [sys.executable, "-m", "bench.pruning", "--tiny", "--pruner", "hyperband:reduction_factor=1"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
-    assert result.returncode == 2 and "optuna:SuccessiveHalvingPruner:rungs=3" in result.stderr, result.stderr
+    assert result.returncode == 2 and "hyperband:reduction_factor=1" in result.stderr, result.stderr
 
 
 def test_trainer_speed_tiny() -> None:
