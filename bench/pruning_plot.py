@@ -29,8 +29,8 @@ def plot(arms: dict[tuple[str, str, int], Any], workloads: list[str], labels: li
                 warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN epochs, masked just below
                 q1, median, q3 = (np.where(defined, np.nanquantile(curves, q, axis=0), np.nan) for q in (0.25, 0.5, 0.75))
             style = {"color": "0.3", "linestyle": "--"} if label == "none" else {}
-            (line,) = ax.plot(x, median, label=label, linewidth=1.6, **style)
-            ax.fill_between(x, q1, q3, color=line.get_color(), alpha=0.18, linewidth=0)
+            (line,) = ax.plot(x, median, label=label, linewidth=1.6, drawstyle="steps-post", **style)
+            ax.fill_between(x, q1, q3, color=line.get_color(), alpha=0.18, linewidth=0, step="post")
         ax.set_title(f"{workload} ({len(seeds)} seeds)")
         ax.set_xlabel("epochs consumed")
         ax.set_yscale("log")

@@ -1,5 +1,6 @@
-"""bench/coordination.py, bench/throughput.py and bench/numbering.py at their --tiny size, as a
-user runs them: they must run to the end and print their summary line. No timing is asserted (DESIGN.md: benchmarks
+"""bench/coordination.py, bench/throughput.py, bench/numbering.py and bench/claim_profile.py at
+their --tiny size, as a user runs them: they must run to the end and print their summary line.
+No timing is asserted (DESIGN.md: benchmarks
 print ratios, tests never assert wall-clock times); the pruning parity check is a correctness
 check, so every decision must match."""
 
@@ -52,3 +53,9 @@ def test_numbering_tiny(admin_url: str) -> None:
     result = run_bench("bench.numbering", admin_url)
     line = summary(result, "SUMMARY numbering:")
     assert re.search(r"new trial p50 @1000 / @10: optuna [\d.]+x, service [\d.]+x$", line), line
+
+
+def test_claim_profile_tiny(admin_url: str) -> None:
+    result = run_bench("bench.claim_profile", admin_url)
+    line = summary(result, "SUMMARY claim_profile:")
+    assert re.search(r"@10 fresh [\d.]+x, kept [\d.]+x; @50 fresh [\d.]+x, kept [\d.]+x$", line), line
