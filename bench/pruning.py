@@ -23,7 +23,7 @@ below the budget, and runs to its end or its pruning (no trial is cut short), so
 few epochs more than the budget; its curve is read up to the budget only.
 
 `--pruner` (repeatable) takes a study definition's pruner, built by the service's `build_pruner`:
-`KIND[:KEY=VALUE,...]` (e.g. `hyperband:max_resource=15`, `percentile:percentile=25`), the short
+`KIND[:KEY=VALUE,...]` (e.g. `hyperband:max_resource=15`, `patience:patience=1,wrapped=median:5:0`), the short
 `median:STARTUP:WARMUP` / `percentile:P:STARTUP:WARMUP`, or JSON (`{"kind": "patience", ...}`).
 The default is the demo's (DESIGN.md's `median`, n_startup_trials=5, n_warmup_steps=2).
 
@@ -52,11 +52,10 @@ import argparse
 import json
 import math
 import os
-import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +71,7 @@ import optuna  # noqa: E402
 import pydantic  # noqa: E402
 import torch  # noqa: E402
 
+from bench.pruning_report import FRACTIONS, Arm, load, report  # noqa: E402
 from service.cli.up import demo_definition  # noqa: E402
 from service.engine.factories import build_pruner, suggest  # noqa: E402
 from service.spec import StudySpec, defaults_for  # noqa: E402
@@ -90,22 +90,7 @@ WORKLOADS: dict[str, dict[str, Any]] = {
 SPACES: dict[str, dict[str, Any]] = {"cnn": {"batch_size": {"type": "int", "low": 16, "high": 1024, "log": True}}}
 # Rough cost of an epoch relative to the demo's, to start the slow arms first.
 COST = {"demo": 1.0, "cnn": 3.0, "regression": 0.7}
-FRACTIONS = (0.25, 0.5, 1.0)
 DEFAULT_PRUNER = "median:5:2"
-
-
-@dataclass
-class Arm:
-    workload: str
-    pruner: str
-    seed: int
-    curve: list[float]  # best COMPLETE objective after each epoch consumed, up to the budget (inf before one)
-    epochs: int  # epochs trained, the last trial's beyond the budget included
-    trials: int
-    complete: int
-    pruned: int
-    diverged: int
-    seconds: float
 
 
 def definition(workload: str, epochs: int, budget: int, pruner: dict[str, Any]) -> dict[str, Any]:
@@ -181,7 +166,10 @@ def parse_pruner(text: str) -> tuple[str, dict[str, Any]]:
         if text.lstrip().startswith("{"):
             found = json.loads(text)
         elif "=" in rest:
-            found = {"kind": kind, **{k: _value(v) for k, v in (item.split("=", 1) for item in rest.split(","))}}
+            found = {"kind": kind}
+            for key, value in (item.split("=", 1) for item in rest.split(",")):
+                # patience's wrapped pruner in the short form: wrapped=median:5:0
+                found[key] = parse_pruner(value)[1] if key == "wrapped" else _value(value)
         else:
             numbers = rest.split(":") if rest else []
             found = {"kind": kind}
@@ -213,48 +201,6 @@ def _value(text: str) -> Any:
     return {"none": None, "true": True, "false": False}.get(text, text)
 
 
-def quartiles(values: list[float]) -> tuple[float, float, float]:
-    """Median and quartiles; an inf (the pruned arm had no complete trial yet) sorts last."""
-    if len(values) == 1:
-        return values[0], values[0], values[0]
-    ordered = sorted(values)
-    q1, _, q3 = statistics.quantiles([min(v, 1e300) for v in ordered], n=4, method="inclusive")
-    return statistics.median(ordered), q1 if q1 < 1e300 else math.inf, q3 if q3 < 1e300 else math.inf
-
-
-def ratio(a: float, b: float) -> float:
-    if math.isinf(a) and math.isinf(b):
-        return 1.0  # neither arm has a complete trial yet: neither has found anything
-    if math.isinf(a) or b <= 0:
-        return math.inf
-    return a / b
-
-
-def reach(curve: list[float], target: float, budget: int) -> int:
-    """Epochs until the curve is at or below target; the budget if it never gets there."""
-    return next((i + 1 for i, value in enumerate(curve) if value <= target), budget)
-
-
-def compare(arms: dict[tuple[str, str, int], Arm], workload: str, label: str, seeds: list[int], budget: int) -> dict[str, Any]:
-    pairs = [(arms[workload, label, s], arms[workload, "none", s]) for s in seeds]
-    out: dict[str, Any] = {}
-    for f in FRACTIONS:
-        i = max(1, round(f * budget)) - 1
-        out[f] = quartiles([ratio(p.curve[i], n.curve[i]) for p, n in pairs])
-    out["share"] = sum(p.curve[-1] <= n.curve[-1] for p, n in pairs) / len(pairs)
-    reached = [reach(p.curve, n.curve[-1], budget) for p, n in pairs]
-    out["reach"] = statistics.median(reached) / budget
-    out["never"] = sum(p.curve[-1] > n.curve[-1] for p, n in pairs)
-    out["trials"] = statistics.median(p.trials for p, _ in pairs)
-    out["epochs"] = statistics.median(p.epochs for p, _ in pairs)
-    return out
-
-
-def fmt(q: tuple[float, float, float]) -> str:
-    median, q1, q3 = q
-    return f"{median:.3f}x [{q1:.3f}, {q3:.3f}]"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workload", choices=list(WORKLOADS), action="append", help="repeatable; default all three")
@@ -268,13 +214,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", type=Path, help="write the anytime curves (median and quartile band per arm) as a PNG here")
     parser.add_argument("--save", type=Path, help="write every arm's curve and counts as JSON here")
     parser.add_argument("--tiny", action="store_true", help="3 epochs per trial, budget 9, seeds 0 1 (for the tests)")
+    parser.add_argument("--load", type=Path, nargs="+", metavar="JSON", help="train nothing: the tables, summary and plot of runs saved with --save")
+    parser.add_argument(
+        "--baseline-from", type=Path, metavar="JSON",
+        help="take the no-pruning arms from a run saved with --save (same seeds, epochs and budget) instead of training them again",
+    )
     args = parser.parse_args(argv)
+    if args.load:
+        arms, budget = load(args.load)
+        workloads = [w for w in WORKLOADS if any(a.workload == w for a in arms.values())]
+        pruners = list(dict.fromkeys(a.pruner for a in arms.values() if a.pruner != "none"))
+        seeds = sorted({a.seed for a in arms.values()})
+        print(f"pruning at equal compute, from {', '.join(map(str, args.load))}: workloads {', '.join(workloads)}; budget {budget} epochs per arm; seeds {seeds}")
+        report(arms, workloads, pruners, seeds, budget, args.plot)
+        return 0
     if args.tiny:
         args.epochs, args.budget = 3, 9
     args.seeds = args.seeds or ([0, 1] if args.tiny else list(range(20)))
     workloads = args.workload or list(WORKLOADS)
     pruners = dict(args.pruner or [parse_pruner(DEFAULT_PRUNER)])
     arm_pruners = {**pruners, "none": {"kind": "none"}}
+    arms: dict[tuple[str, str, int], Arm] = {}
+    if args.baseline_from:
+        # An arm's numbers depend only on its workload, seed, epochs and budget (and the code):
+        # no pruning's are the same in every run that shares them.
+        saved, budget = load([args.baseline_from])
+        arms = {k: a for k, a in saved.items() if a.pruner == "none" and a.workload in workloads and a.seed in args.seeds}
+        if budget != args.budget or len(arms) != len(workloads) * len(args.seeds):
+            parser.error(f"--baseline-from {args.baseline_from}: needs no pruning's arms of every workload and seed at budget {args.budget}")
+        del arm_pruners["none"]
     print(
         f"pruning at equal compute: workloads {', '.join(workloads)}; demo space, TPE, {args.epochs} epochs per trial, "
         f"budget {args.budget} epochs per arm; seeds {args.seeds}; {', '.join(pruners)} vs none; "
@@ -287,7 +255,6 @@ def main(argv: list[str] | None = None) -> int:
     ) + f"  {'seconds':>7}"
     print(header)
     print("-" * len(header), flush=True)
-    arms: dict[tuple[str, str, int], Arm] = {}
 
     def show(arm: Arm) -> None:
         bests = "  ".join(f"{arm.curve[max(1, round(f * args.budget)) - 1]:>9.4f}" for f in FRACTIONS)
@@ -298,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         arms[arm.workload, arm.pruner, arm.seed] = arm
 
+    for arm in list(arms.values()):
+        show(arm)  # the no-pruning arms of --baseline-from
     common = (args.epochs, args.budget, args.device, args.threads)
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs) as pool:
@@ -307,36 +276,9 @@ def main(argv: list[str] | None = None) -> int:
         for w, label, p, s in jobs:
             show(run_job(w, label, p, s, *common))
     print("-" * len(header))
-    results = {(w, label): compare(arms, w, label, args.seeds, args.budget) for w in workloads for label in pruners}
-    for w in workloads:
-        own = statistics.median(reach(arms[w, "none", s].curve, arms[w, "none", s].curve[-1], args.budget) for s in args.seeds)
-        print(f"\n{w}: none reaches its own final best at {own / args.budget:.2f}x the budget (median)")
-        print(f"  {'pruner':<28}  {'loss@1/4':>24}  {'loss@1/2':>24}  {'loss@1':>24}  {'>= none':>7}  {'reach':>5}  {'never':>5}  {'trials':>6}")
-        for label in pruners:
-            r = results[w, label]
-            print(
-                f"  {label:<28}  {fmt(r[0.25]):>24}  {fmt(r[0.5]):>24}  {fmt(r[1.0]):>24}  {r['share']:>7.0%}  "
-                f"{r['reach']:>4.2f}x  {r['never']:>5}  {r['trials']:>6g}"
-            )
-        print(f"  {'none':<28}  {'':>24}  {'':>24}  {'':>24}  {'':>7}  {'':>5}  {'':>5}  {statistics.median(arms[w, 'none', s].trials for s in args.seeds):>6g}")
+    report(arms, workloads, list(pruners), args.seeds, args.budget, args.plot)
     if args.save:
         args.save.write_text(json.dumps({"budget": args.budget, "epochs": args.epochs, "arms": [asdict(a) for a in arms.values()]}))
-    if args.plot:
-        from bench.pruning_plot import plot
-
-        plot(arms, workloads, [*pruners, "none"], args.seeds, args.budget, args.plot)
-        print(f"plot: {args.plot}")
-    n = len(args.seeds)
-    parts = []
-    for label in pruners:
-        per = " | ".join(f"{w} {results[w, label][1.0][0]:.2f}x {results[w, label]['share']:.0%} {results[w, label]['reach']:.2f}x" for w in workloads)
-        goal = sum(results[w, label]["share"] >= 0.75 and results[w, label]["reach"] <= 0.5 for w in workloads)
-        parts.append(f"{label} [{per}] goal met on {goal}/{len(workloads)}")
-    print(
-        f"SUMMARY pruning: {'; '.join(parts)} (loss@1 median over none, share of seeds >= none, reach median; "
-        f"{n} seed{'s' if n != 1 else ''}, budget {args.budget} epochs)",
-        flush=True,
-    )
     return 0
 
 

@@ -60,6 +60,13 @@ def test_pruning_tiny_compares_several_pruners_in_processes(tmp_path: Path) -> N
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     arms = json.loads(saved.read_text())["arms"]
     assert len(arms) == 2 * 4 and all(len(a["curve"]) == 9 for a in arms)
+    # Read back, the saved arms give the same figures without training.
+    assert summary(run_bench("pruning", "--load", str(saved)), "pruning") == line
+    # A later run takes its no-pruning arms from the saved one instead of training them.
+    again = run_bench("pruning", "--tiny", "--workload", "demo", "--baseline-from", str(saved), "--pruner", "median:1:1")
+    assert summary(again, "pruning").startswith(line.split("; successive_halving")[0]), again
+    none_rows = lambda text: re.findall(r"^demo +\d +none .*$", text, re.MULTILINE)  # noqa: E731
+    assert sorted(none_rows(again)) == sorted(none_rows(out)), again
 
 
 def test_pruning_rejects_a_pruner_the_study_definition_refuses() -> None:
