@@ -12,7 +12,7 @@ Both sides run one after the other in one throwaway database on the PostgreSQL o
 - service: a real `hpo serve` (`--api-processes` uvicorn processes, default 1) and --workers
   simulated workers (asyncio tasks in this process, one httpx connection each, a worker token).
   Each claims a trial, then holds it and reports steps 1, 2, 3, ... as fast as the answers come
-  back. The study is the coordination benchmark's (random sampler, MedianPruner(5, 0)) with
+  back. The study is the coordination benchmark's (random sampler, MedianPruner(5, 2)) with
   --prefill earlier COMPLETE trials of --steps steps, so the pruner has curves to compare each
   report against; the workers' losses are below all of them, so no trial is told to prune.
   Counted: reports acknowledged (200) within --seconds, from the moment every worker holds a
@@ -346,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(machine_line(args.database_url))
     print(
         f"throughput: {workers} for {args.seconds} s, each holding one trial and reporting steps 1, 2, 3, ...; "
-        f"hpo serve with {processes} (uvicorn); report client: {args.client}; study: random sampler, MedianPruner(5, 0), {args.prefill} earlier "
+        f"hpo serve with {processes} (uvicorn); report client: {args.client}; study: random sampler, MedianPruner(5, 2), {args.prefill} earlier "
         f"trials of {args.steps} steps; pgbench: "
         + (f"{pgbench} -n -c {args.workers} -j {args.pgbench_threads} -T {args.seconds}" if pgbench else "NOT FOUND")
     )
