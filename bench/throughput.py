@@ -323,6 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=32, help="concurrent simulated workers, and pgbench clients (default %(default)s)")
     parser.add_argument("--seconds", type=int, default=20, help="measured duration of each side (default %(default)s)")
     parser.add_argument("--api-processes", type=int, default=1, help="uvicorn processes of hpo serve (HPO_API_WORKERS; default %(default)s)")
+    parser.add_argument("--report-batches", type=int, help="report batches in flight per API process (HPO_REPORT_BATCHES; default the service's)")
     parser.add_argument("--steps", type=int, default=200, help="length of the earlier trials' curves (default %(default)s)")
     parser.add_argument("--prefill", type=int, default=100, help="earlier COMPLETE trials in the study (default %(default)s)")
     parser.add_argument("--pgbench-threads", type=int, default=2, help="pgbench -j (default %(default)s)")
@@ -353,7 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.stdout.flush()
     with throwaway_database(args.database_url) as url:
         tokens = make_tokens(url, TEAM, "admin", "worker")
-        with api_server(url, processes=args.api_processes) as server:
+        env = {"HPO_REPORT_BATCHES": str(args.report_batches)} if args.report_batches else {}
+        with api_server(url, processes=args.api_processes, **env) as server:
             with server.client(tokens["admin"]) as admin:
                 admin.timeout = httpx.Timeout(120)
                 spec = definition(STUDY, "random", 0, BENCH_PRUNER, 1_000_000, args.steps, max_concurrent=args.workers)

@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     api_workers: int = Field(1, ge=1, description="uvicorn worker processes for `hpo serve`")
+    # Report batches in the database at once per API process (service/api/report_batcher.py),
+    # each on a connection of its own.
+    report_batches: int = Field(2, ge=1, le=64)
 
     # A worker that is silent for a whole lease loses its trial; it heartbeats several times per lease.
     lease_seconds: float = Field(60.0, gt=0)

@@ -364,3 +364,10 @@ def test_the_database_summarizes_curves_as_curve_summary_does(db_url: str, setti
     with engine.begin() as conn:
         assert _kept_bests(conn, stored) == {}
     engine.dispose()
+
+
+def test_the_batches_in_flight_come_from_the_settings(settings: Settings) -> None:
+    app = create_app(settings.model_copy(update={"report_batches": 3}))
+    with TestClient(app):
+        batcher = app.state.reports
+        assert batcher.in_flight == 3 and batcher._executor._max_workers == 3 and batcher._engine.pool.size() == 3

@@ -1,7 +1,7 @@
 """Group commit for reports: the reports that arrive while one batch is in the database go into
 the next, and each is answered once its batch has committed.
 
-Up to IN_FLIGHT batches at a time per API process, each on a thread of the batcher's own
+Up to HPO_REPORT_BATCHES (default IN_FLIGHT) batches at a time per API process, each on a thread of the batcher's own
 (service/engine/report_batch.py does the work). Under load a report costs a share of a batch's
 few statements and its one commit instead of a transaction of its own, and the event loop hands
 reports to the database without a thread-pool hop per request. Alone, a report waits for
