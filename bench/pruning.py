@@ -221,9 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.load:
-        arms, budget = load(args.load)
+        arms, budget, pruners = load(args.load)
         workloads = [w for w in WORKLOADS if any(a.workload == w for a in arms.values())]
-        pruners = list(dict.fromkeys(a.pruner for a in arms.values() if a.pruner != "none"))
         seeds = sorted({a.seed for a in arms.values()})
         print(f"pruning at equal compute, from {', '.join(map(str, args.load))}: workloads {', '.join(workloads)}; budget {budget} epochs per arm; seeds {seeds}")
         report(arms, workloads, pruners, seeds, budget, args.plot)
@@ -238,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline_from:
         # An arm's numbers depend only on its workload, seed, epochs and budget (and the code):
         # no pruning's are the same in every run that shares them.
-        saved, budget = load([args.baseline_from])
+        saved, budget, _ = load([args.baseline_from])
         arms = {k: a for k, a in saved.items() if a.pruner == "none" and a.workload in workloads and a.seed in args.seeds}
         if budget != args.budget or len(arms) != len(workloads) * len(args.seeds):
             parser.error(f"--baseline-from {args.baseline_from}: needs no pruning's arms of every workload and seed at budget {args.budget}")
@@ -278,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * len(header))
     report(arms, workloads, list(pruners), args.seeds, args.budget, args.plot)
     if args.save:
-        args.save.write_text(json.dumps({"budget": args.budget, "epochs": args.epochs, "arms": [asdict(a) for a in arms.values()]}))
+        saved = {"budget": args.budget, "epochs": args.epochs, "pruners": list(pruners), "arms": [asdict(a) for a in arms.values()]}
+        args.save.write_text(json.dumps(saved))
     return 0
 
 

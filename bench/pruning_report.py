@@ -71,18 +71,21 @@ def fmt(q: tuple[float, float, float]) -> str:
     return f"{median:.3f}x [{q1:.3f}, {q3:.3f}]"
 
 
-def load(paths: list[Path]) -> tuple[dict[tuple[str, str, int], Arm], int]:
+def load(paths: list[Path]) -> tuple[dict[tuple[str, str, int], Arm], int, list[str]]:
+    """The arms of runs saved with --save, their budget, and their pruners in the order the runs
+    named them (the arms themselves are saved in the order they finished)."""
     arms: dict[tuple[str, str, int], Arm] = {}
-    budgets = set()
+    budgets, pruners = set(), []
     for path in paths:
         saved = json.loads(path.read_text())
         budgets.add(saved["budget"])
         for a in saved["arms"]:
             arm = Arm(**a)
             arms[arm.workload, arm.pruner, arm.seed] = arm
+        pruners += saved.get("pruners") or [a["pruner"] for a in saved["arms"] if a["pruner"] != "none"]
     if len(budgets) != 1:
         raise SystemExit(f"--load: the files have different budgets ({sorted(budgets)})")
-    return arms, budgets.pop()
+    return arms, budgets.pop(), list(dict.fromkeys(pruners))
 
 
 def report(arms: dict[tuple[str, str, int], Arm], workloads: list[str], pruners: list[str], seeds: list[int], budget: int, plot_to: Path | None) -> None:
