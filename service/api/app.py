@@ -111,7 +111,7 @@ def create_app(settings: Settings | None = None, *, report_fast_path: bool = Tru
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = app.state.runtime = build_runtime(settings)
-        reports = app.state.reports = ReportBatcher(runtime, in_flight=runtime.settings.report_batches)
+        reports = app.state.reports = ReportBatcher(runtime)
         reaper = Reaper(runtime.sessions, runtime.storage, settings)
         reaper.start()
         try:

@@ -1,8 +1,8 @@
 """Group commit for reports: the reports that arrive while one batch is in the database go into
 the next, and each is answered once its batch has committed.
 
-Up to HPO_REPORT_BATCHES (default IN_FLIGHT) batches at a time per API process, each on a thread of the batcher's own
-(service/engine/report_batch.py does the work). Under load a report costs a share of a batch's
+Up to HPO_REPORT_BATCHES batches at a time per API process (Settings.report_batches), each on a
+thread of the batcher's own (service/engine/report_batch.py does the work). Under load a report costs a share of a batch's
 few statements and its one commit instead of a transaction of its own, and the event loop hands
 reports to the database without a thread-pool hop per request. Alone, a report waits for
 nothing: an idle batcher starts a batch at once. Under load it waits a little for more: the
@@ -34,9 +34,6 @@ log = logging.getLogger("hpo.api")
 
 # The most reports in one transaction; more wait for the next batch.
 MAX_BATCH = 256
-# Batches in the database at once. Their leases are distinct (a worker reports again only once
-# answered), and each locks its leases in trial id order.
-IN_FLIGHT = 2
 # The longest a batch waits for the reports it expects (see above): a little of each report's
 # latency under load, against a batch of fewer reports (each batch costs the API process and the
 # database about the same whatever its size).
@@ -46,10 +43,13 @@ _Outcome = bool | BaseException
 
 
 class ReportBatcher:
-    def __init__(self, runtime: Runtime, max_batch: int = MAX_BATCH, in_flight: int = IN_FLIGHT) -> None:
+    def __init__(self, runtime: Runtime, max_batch: int = MAX_BATCH, in_flight: int | None = None) -> None:
+        """`in_flight`: batches in the database at once (default: the runtime's report_batches).
+        Their leases are distinct (a worker reports again only once answered), and each batch
+        locks its leases in trial id order."""
         self.runtime = runtime
         self.max_batch = max_batch
-        self.in_flight = in_flight
+        self.in_flight = in_flight = runtime.settings.report_batches if in_flight is None else in_flight
         self._executor = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="hpo-reports")
         # A pool of its own, one connection per batch in flight, without the ping on every
         # checkout (a round trip in each batch): a batch on a connection the database dropped
