@@ -12,7 +12,7 @@ holding the same --prefill earlier trials (bench/coordination.py's: 80 % complet
 
 - raw: one `optuna.load_study` for the run, then `study.ask()` + 2 x suggest_float + `tell`;
   the sampler lives as long as the study, as in a notebook;
-- service, fresh: per trial, what trials.try_claim does: `factories.load_study` with a sampler
+- service, fresh: per trial, what claims.try_claim does: `factories.load_study` with a sampler
   rebuilt for the claim (seed + trials claimed), a new trial, `suggest`, then `tell`;
 - service, kept: the same, with the study's search spaces carried from claim to claim
   (`factories.keep_search_spaces`, as try_claim now does).

@@ -1,27 +1,27 @@
-"""The flat coordination path (service/engine/coordination.py) against plain Optuna: the same
-trials, reported in the same interleaved order, get the same pruning decision at every step,
-and the incremental trial view counts what a full read counts."""
+"""The flat coordination path against plain Optuna: the trial view (service/engine/coordination.py)
+and the pruning rule (service/engine/pruning.py) give the same trials, reported in the same
+interleaved order, the same pruning decision at every step, and the incremental trial view
+counts what a full read counts."""
 
 from __future__ import annotations
 
-import math
 import random
 import threading
 import uuid
 import warnings
 
-import numpy as np
 import optuna
 import pytest
-from optuna.study import StudyDirection
 from optuna.trial import TrialState
 from sqlalchemy import text
 
 from service.engine import coordination, optuna_rows
+from service.engine.pruning import CurveSummary, PercentileRule, flat_rule
 from service.engine.factories import build_sampler
 from service.engine.storage import make_storage
 from service.settings import Settings
 from service.spec import StudySpec
+from service.spec.pruners import MedianPruner
 from tests.conftest import digits_definition
 from tests.curve_schedule import run_schedule
 
@@ -31,6 +31,16 @@ def storage(db_url: str, settings: Settings) -> optuna.storages.BaseStorage:
     return make_storage(db_url, settings)
 
 
+def flat_decision(storage: optuna.storages.BaseStorage, study_id: int, rule: PercentileRule, trial_id: int) -> bool:
+    """What a report decides: the trial's curve (as the database has it) against the view."""
+    with storage._backend.engine.connect() as conn:  # type: ignore[attr-defined]
+        _, values = optuna_rows.state_and_curve(conn, trial_id)
+    summary = CurveSummary.of(values)
+    view = coordination.study_trials(storage, study_id)
+    with view.lock:
+        return rule.prune(summary, view.at_step(summary.last_step))
+
+
 STATES = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
 
 
@@ -38,8 +48,8 @@ def replay(storage: optuna.storages.BaseStorage, direction: str, pruner_args: di
     """Runs one random schedule of trials (curve_schedule) through plain Optuna and through the flat path."""
     raw = optuna.create_study(direction=direction, pruner=optuna.pruners.MedianPruner(**pruner_args))
     flat = optuna.create_study(storage=storage, study_name=f"parity-{uuid.uuid4().hex[:8]}", direction=direction)
-    pruner = optuna.pruners.MedianPruner(**pruner_args)
-    sense = StudyDirection.MAXIMIZE if direction == "maximize" else StudyDirection.MINIMIZE
+    rule = flat_rule(MedianPruner(kind="median", **pruner_args), direction)
+    assert isinstance(rule, PercentileRule)
     raw_answers: list[bool] = []
     flat_answers: list[bool] = []
 
@@ -48,9 +58,7 @@ def replay(storage: optuna.storages.BaseStorage, direction: str, pruner_args: di
         r.report(value, step)
         raw_answers.append(r.should_prune())
         storage.set_trial_intermediate_value(f._trial_id, step, value)
-        flat_answers.append(
-            coordination.should_prune(storage, flat._study_id, pruner, sense, f._trial_id, coordination.curve(storage, f._trial_id))
-        )
+        flat_answers.append(flat_decision(storage, flat._study_id, rule, f._trial_id))
         return raw_answers[-1]
 
     def end(pair: tuple[optuna.Trial, optuna.Trial], state: str, value: float) -> None:
@@ -105,7 +113,8 @@ def test_small_reads_agree_with_optunas_public_api(storage: optuna.storages.Base
     trial = study.ask()
     for step, value in ((1, 2.5), (2, float("inf")), (3, float("-inf")), (5, 0.125)):
         trial.report(value, step)
-    assert coordination.curve(storage, trial._trial_id) == storage.get_trial(trial._trial_id).intermediate_values
+    with storage._backend.engine.connect() as conn:  # type: ignore[attr-defined]
+        assert optuna_rows.state_and_curve(conn, trial._trial_id)[1] == storage.get_trial(trial._trial_id).intermediate_values
     study.tell(trial, 0.125)
     view = coordination.study_trials(storage, study._study_id)
     assert view.completed[-1].intermediate_values == {1: 2.5, 2: float("inf"), 3: float("-inf"), 5: 0.125}
@@ -179,69 +188,6 @@ def test_after_trial_of_every_sampler_the_service_builds_does_nothing(kind: str)
         warnings.simplefilter("error")  # CmaEsSampler warns when it meets constraints
         for state, values in ((TrialState.COMPLETE, [0.5]), (TrialState.PRUNED, None), (TrialState.FAIL, None)):
             sampler.after_trial(_Untouchable(), trial, state, values)  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize("seed", range(4))
-def test_percentile_decisions_match_optuna_on_awkward_curves(seed: int) -> None:
-    """The per-step arrays (StudyTrials.at_step) against Optuna's PercentilePruner.prune walking
-    every completed trial: NaN and infinite values, curves with gaps, steps nobody reached,
-    both directions, and the pruner's warm-up, interval, minimum-trials and percentile settings."""
-    rng = random.Random(seed)
-    awkward = [float("nan"), float("inf"), float("-inf")]
-    for _ in range(30):
-        direction = rng.choice([StudyDirection.MINIMIZE, StudyDirection.MAXIMIZE])
-        pruner = optuna.pruners.PercentilePruner(
-            percentile=rng.choice([10.0, 25.0, 50.0, 90.0]),
-            n_startup_trials=rng.randrange(0, 4),
-            n_warmup_steps=rng.randrange(0, 3),
-            interval_steps=rng.randrange(1, 3),
-            n_min_trials=rng.randrange(1, 4),
-        )
-
-        def curve() -> dict[int, float]:
-            steps = sorted(rng.sample(range(1, 9), rng.randrange(1, 7)))
-            return {s: rng.choice(awkward) if rng.random() < 0.1 else rng.uniform(0, 3) for s in steps}
-
-        study = optuna.create_study(direction=direction)
-        view = coordination.StudyTrials(study_id=0)
-        for trial_id in range(rng.randrange(0, 12)):
-            values = curve()
-            study.add_trial(
-                optuna.trial.create_trial(value=1.0, intermediate_values=values)
-            )
-            view._note(trial_id, TrialState.COMPLETE, False, values)
-        for _ in range(10):
-            reported = curve()
-            frozen = optuna.trial.create_trial(state=TrialState.RUNNING, intermediate_values=reported)
-            step = max(reported)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # nanpercentile of all-NaN, as in Optuna
-                expected = pruner.prune(study, frozen)
-                got = coordination.percentile_prune(pruner, direction, coordination.CurveSummary.of(reported), view.at_step(step))
-            assert got == expected, (pruner.__dict__, direction, reported, [t.intermediate_values for t in study.trials])
-
-
-@pytest.mark.parametrize("seed", range(4))
-def test_a_curve_summary_grown_one_step_at_a_time_is_the_summary_of_the_whole_curve(seed: int) -> None:
-    """The batch path adds each report's step to the summary it read (CurveSummary.with_value);
-    steps arrive in any order, and NaN and infinite values count as np.nanmin/np.nanmax count them."""
-    rng = random.Random(seed)
-    for _ in range(50):
-        steps = rng.sample(range(0, 12), rng.randrange(1, 9))
-        values = [rng.choice([math.nan, math.inf, -math.inf]) if rng.random() < 0.2 else rng.uniform(-1, 3) for _ in steps]
-        summary = coordination.CurveSummary.of({})
-        seen: dict[int, float] = {}
-        for step, value in zip(steps, values):
-            summary = summary.with_value(step, value)
-            seen[step] = value
-            whole = coordination.CurveSummary.of(seen)
-            assert (summary.last_step, summary.previous_step) == (whole.last_step, whole.previous_step) == (
-                max(seen), max((s for s in seen if s != max(seen)), default=-1))
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN
-                expected = (float(np.nanmin(list(seen.values()))), float(np.nanmax(list(seen.values()))))
-            for got in ((summary.best_min, summary.best_max), (whole.best_min, whole.best_max)):
-                assert all(g == e or (math.isnan(g) and math.isnan(e)) for g, e in zip(got, expected)), (seen, got)
 
 
 def test_concurrent_refreshes_end_up_where_one_full_read_does(storage: optuna.storages.BaseStorage) -> None:

@@ -75,7 +75,7 @@ def test_stale_lease_is_409_and_changes_nothing(api: Any, make_token: Any, team:
 def test_report_on_a_trial_optuna_has_finished_is_409_and_writes_nothing(
     api: Any, make_token: Any, team: str, db_url: str
 ) -> None:
-    """The report writes Optuna's intermediate values itself (coordination.record_value): it must
+    """The report writes Optuna's intermediate values itself (reports.py): it must
     refuse a trial that Optuna has finished, as Optuna's set_trial_intermediate_value does, even
     while the lease is live (someone told the trial from optuna-dashboard)."""
     token = make_token(team)

@@ -1,4 +1,4 @@
-"""Reports in batches (service/engine/report_batch.py, service/api/report_batcher.py) and the
+"""Reports in batches (service/engine/reports.py, service/api/report_batcher.py) and the
 report fast path (service/api/report_fast_path.py): each report gets what it would get alone."""
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from optuna.trial import TrialState
 
 from service.api.app import create_app
 from service.api.deps import WORKER_ROLES, authorize
-from service.api.report_batcher import ReportBatcher
+from service.api import report_batcher
+from service.api.report_batcher import PendingReport, ReportBatcher
 from service.api.report_fast_path import ROUTE, ReportFastPath
 from service.db.session import make_engine, make_sessionmaker
-from service.engine import report_batch
-from service.engine.report_batch import PendingReport
+from service.engine import reports as engine_reports
 from service.engine.storage import make_storage
 from service.errors import Conflict, Forbidden, Gone, LeaseLost, NotFound, Unauthorized
 from service.settings import Settings
@@ -37,6 +37,13 @@ def claim(api: Any, token: str, study: str) -> dict[str, Any]:
 
 def _authorize(caller: Any) -> None:
     authorize(WORKER_ROLES, ROUTE, caller)
+
+
+class _Runtime:
+    """What report_batcher.decide reads of the API's runtime."""
+
+    def __init__(self, storage: Any, settings: Settings) -> None:
+        self.storage, self.settings = storage, settings
 
 
 def curves(db_url: str, optuna_name: str) -> dict[int, dict[int, float]]:
@@ -91,7 +98,7 @@ def test_one_batch_gives_each_report_its_own_answer(api: Any, make_token: Any, t
         PendingReport(worker, 2**31 - 1, "x", 1, 0.1, authorize=_authorize),
     ]
     with sessions() as session:
-        outcomes = report_batch.report_many(session, storage, batch, settings)
+        outcomes = report_batcher.decide(session, _Runtime(storage, settings), batch)
         session.commit()
     assert outcomes[:7] == [False, True, outcomes[2], True, True, False, True]
     kinds = [type(o) for o in outcomes[2:3] + outcomes[7:]]
@@ -107,7 +114,7 @@ def test_one_batch_gives_each_report_its_own_answer(api: Any, make_token: Any, t
 
     # Each answer is the one the route gives the report alone.
     with sessions() as session:
-        again = report_batch.report_many(session, storage, [report(good, 1, 0.7), report(bad, 1, 0.1)], settings)
+        again = report_batcher.decide(session, _Runtime(storage, settings), [report(good, 1, 0.7), report(bad, 1, 0.1)])
     assert again == [False, True]  # the first value of a step stays
 
 
@@ -116,10 +123,14 @@ def test_a_batch_that_fails_as_a_whole_is_retried_report_by_report(api: Any, mak
     api.post("/api/v1/studies", json=digits_definition("whole"), headers=auth(make_token(team)))
     a = claim(api, worker, "whole")
 
-    def broken(*args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("the batch broke")
+    whole = engine_reports.report_many
 
-    monkeypatch.setattr(report_batch, "report_many", broken)
+    def broken(session: Any, storage: Any, reports: Any, settings: Any) -> Any:
+        if len(reports) > 1:
+            raise RuntimeError("the batch broke")
+        return whole(session, storage, reports, settings)
+
+    monkeypatch.setattr(engine_reports, "report_many", broken)
     reports: ReportBatcher = api.app.state.reports
     runtime = reports.runtime
     batch = [
@@ -297,7 +308,8 @@ def test_the_database_summarizes_curves_as_curve_summary_does(db_url: str, setti
     those curves from Optuna's table, and its insert builds the row again."""
     import math
 
-    from service.engine import coordination, optuna_rows
+    from service.engine import optuna_rows
+    from service.engine.pruning import CurveSummary
 
     rng = random.Random(seed)
     storage = make_storage(db_url, settings)
@@ -332,7 +344,7 @@ def test_the_database_summarizes_curves_as_curve_summary_does(db_url: str, setti
         kept_after = _kept_bests(conn, stored)
     assert {t for t, curve in stored.items() if curve} - rewritten == kept_before.keys()
     for trial_id, step, value in reports[:-2]:
-        got, want = found[trial_id], coordination.CurveSummary.of(stored[trial_id])
+        got, want = found[trial_id], CurveSummary.of(stored[trial_id])
         assert got.state == TrialState.RUNNING and got.had_step == (step in stored[trial_id])
         assert (got.last_step, got.previous_step) == (want.last_step, want.previous_step)
         for a, b in ((got.best_min, want.best_min), (got.best_max, want.best_max)):
@@ -354,7 +366,7 @@ def test_the_database_summarizes_curves_as_curve_summary_does(db_url: str, setti
     with engine.begin() as conn:
         found = optuna_rows.insert_values_and_summarize(conn, again)
     for trial_id, _, _ in again:
-        got, want = found[trial_id], coordination.CurveSummary.of(stored[trial_id])
+        got, want = found[trial_id], CurveSummary.of(stored[trial_id])
         assert got.had_step and (got.last_step, got.previous_step) == (want.last_step, want.previous_step)
         for a, b in ((got.best_min, want.best_min), (got.best_max, want.best_max)):
             assert a == b or (math.isnan(a) and math.isnan(b)), (stored[trial_id], got)

@@ -2,8 +2,8 @@
 the next, and each is answered once its batch has committed.
 
 Up to HPO_REPORT_BATCHES batches at a time per API process (Settings.report_batches), each on a
-thread of the batcher's own (service/engine/report_batch.py does the work). Under load a report costs a share of a batch's
-few statements and its one commit instead of a transaction of its own, and the event loop hands
+thread of the batcher's own: the batch's tokens are checked here, in one read, and the reports
+go to service/engine/reports.py together. Under load a report costs a share of a batch's few statements and its one commit instead of a transaction of its own, and the event loop hands
 reports to the database without a thread-pool hop per request. Alone, a report waits for
 nothing: an idle batcher starts a batch at once. Under load it waits a little for more: the
 workers a batch answers together report again together, and a batch started by the first of
@@ -19,16 +19,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 from sqlalchemy import create_engine
+from sqlalchemy.orm import Session
 
 from service import metrics
 from service.api.deps import Runtime
 from service.db.session import engine_kwargs, make_sessionmaker
-from service.db.teams import authenticate
-from service.engine import report_batch, trials
-from service.engine.report_batch import PendingReport
+from service.db.teams import Principal, authenticate_many
+from service.engine import reports as engine_reports
+from service.errors import ServiceError
 
 log = logging.getLogger("hpo.api")
 
@@ -40,6 +43,45 @@ MAX_BATCH = 256
 GATHER_SECONDS = 0.002
 
 _Outcome = bool | BaseException
+
+
+@dataclass(frozen=True)
+class PendingReport:
+    """One POST /trials/{trial_id}/report: the bearer token, the validated body, and the route's
+    role check (raises Forbidden)."""
+
+    token: str
+    trial_id: int
+    lease_id: str
+    step: int
+    value: float
+    authorize: Callable[[Principal], None] = field(compare=False, repr=False)
+
+    @property
+    def report(self) -> engine_reports.Report:
+        return engine_reports.Report(self.trial_id, self.lease_id, self.step, self.value)
+
+
+def decide(session: Session, runtime: Runtime, reports: Sequence[PendingReport]) -> list[_Outcome]:
+    """Every report's outcome, in order, in the session's transaction (the caller commits): the
+    tokens checked in one read and each report's role, then the reports that pass, together."""
+    outcomes: list[_Outcome | None] = [None] * len(reports)
+    callers = authenticate_many(session, sorted({r.token for r in reports}))
+    allowed: list[tuple[int, Principal]] = []
+    for i, r in enumerate(reports):
+        caller = callers[r.token]
+        try:
+            if isinstance(caller, ServiceError):
+                raise caller
+            r.authorize(caller)
+        except ServiceError as exc:
+            outcomes[i] = exc
+        else:
+            allowed.append((i, caller))
+    decided = engine_reports.report_many(session, runtime.storage, [(c.team, reports[i].report) for i, c in allowed], runtime.settings)
+    for (i, _), outcome in zip(allowed, decided, strict=True):
+        outcomes[i] = outcome
+    return outcomes  # type: ignore[return-value]
 
 
 class ReportBatcher:
@@ -118,7 +160,7 @@ class ReportBatcher:
         runtime = self.runtime
         try:
             with self._sessions() as session:
-                outcomes: list[_Outcome] = list(report_batch.report_many(session, runtime.storage, reports, runtime.settings))
+                outcomes = decide(session, runtime, reports)
                 session.commit()
             metrics.REPORT_BATCH_SIZE.observe(len(reports))
             return outcomes
@@ -129,16 +171,15 @@ class ReportBatcher:
             return [self._alone(r) for r in reports]
 
     def _alone(self, r: PendingReport) -> _Outcome:
-        """The report in a transaction of its own, as the route did before batches."""
+        """The report in a transaction of its own, on the runtime's pool (which pings)."""
         runtime = self.runtime
         try:
             with runtime.sessions() as session:
-                caller = authenticate(session, r.token)
-                r.authorize(caller)
-                prune = trials.report(session, runtime.storage, caller.team, r.trial_id, r.lease_id, r.step, r.value, runtime.settings)
+                (outcome,) = decide(session, runtime, [r])
                 session.commit()
-            metrics.REPORT_BATCH_SIZE.observe(1)
-            return prune
+            if not isinstance(outcome, BaseException):
+                metrics.REPORT_BATCH_SIZE.observe(1)
+            return outcome
         except Exception as exc:
             return exc
 

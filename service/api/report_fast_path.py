@@ -23,9 +23,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api.deps import WORKER_ROLES, authorize
 from service.api.errors import error_response
 from service.api.limits import receive_within
-from service.api.report_batcher import ReportBatcher
+from service.api.report_batcher import PendingReport, ReportBatcher
 from service.api.schemas import ReportRequest
-from service.engine.report_batch import PendingReport
 from service.errors import RequestTimeout
 
 REPORT_PATH = re.compile(r"/api/v1/trials/([0-9]{1,9})/report")

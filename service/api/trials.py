@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from service import metrics
 from service.api.deps import Bearer, RuntimeDep, WorkerBearer, WorkerCall, WorkerRole
-from service.api.report_batcher import ReportBatcher
+from service.api.report_batcher import PendingReport, ReportBatcher
 from service.api.schemas import (
     MAX_STEP,
     ClaimRequest,
@@ -27,8 +27,7 @@ from service.api.schemas import (
     Text,
 )
 from service.db.teams import Principal
-from service.engine import team_claims, trials
-from service.engine.report_batch import PendingReport
+from service.engine import leases, reports, team_claims, trials
 from service.errors import InvalidRequest, LeaseLost
 from service.spec import Assignment
 from service.spec.limits import MAX_DEPTH
@@ -89,7 +88,7 @@ async def _report_body(request: Request, bearer: Bearer) -> ReportRequest:
 @router.post("/{trial_id}/heartbeat", response_model=HeartbeatResponse, responses=_LEASE_LOST)
 async def heartbeat(trial_id: int, body: LeaseRequest, runtime: RuntimeDep, call: WorkerCall) -> dict[str, float]:
     def work(caller: Principal, session: Session) -> None:
-        trials.heartbeat(session, caller.team, trial_id, body.lease_id, runtime.settings)
+        leases.heartbeat(session, caller.team, trial_id, body.lease_id, runtime.settings)
 
     await call.run(work)
     return {"lease_seconds": runtime.settings.lease_seconds}
@@ -153,7 +152,7 @@ async def checkpoint(
 
     def _check() -> None:
         with runtime.transaction() as session:
-            _checked(lambda: trials.check_live_lease(session, caller.team, trial_id, lease_id or ""), lease_id)
+            _checked(lambda: leases.check_live_lease(session, caller.team, trial_id, lease_id or ""), lease_id)
 
     await run_in_threadpool(_check)
     with tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY) as spool:
@@ -165,9 +164,8 @@ async def checkpoint(
 
         def _save() -> bool:
             with runtime.transaction() as session:
-                return trials.checkpoint(
-                    session, runtime.storage, runtime.store, caller.team, trial_id, lease_id, step, value, spool, size, runtime.settings
-                )
+                one = reports.Report(trial_id, lease_id or "", step, value)
+                return reports.checkpoint(session, runtime.storage, runtime.store, caller.team, one, spool, size, runtime.settings)
 
         prune = await run_in_threadpool(_save)
         metrics.reported(prunes=int(prune))

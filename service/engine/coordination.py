@@ -9,17 +9,13 @@ before it reads, so API processes agree through the database, not through each o
 trial never changes in Optuna (intermediate values and state are frozen), which is what makes
 keeping it safe.
 
-Pruning by a median or percentile pruner follows Optuna's `PercentilePruner.prune` line by line,
-with its own helpers and settings, except where it collects the completed trials' values at the
-reporting step: those are kept here per step, as the trials complete, so a report compares
-against a ready array instead of walking every completed trial (O(completed trials) of Python
-per report, the one cost of a report that grew with the study). tests/test_coordination.py and
-bench/coordination.py compare the decisions with a plain Optuna study step by step. Other
-pruners are Optuna's own, run on the study (optuna_pruning.py)."""
+The completed trials' values are kept here per step, as the trials complete, so a median or
+percentile decision (pruning.py) compares against a ready array instead of walking every
+completed trial (O(completed trials) of Python per report, the one cost of a report that grew
+with the study)."""
 
 from __future__ import annotations
 
-import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -27,15 +23,14 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna.pruners._percentile import _is_first_in_interval_step
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages._rdb import models as rdb_models
-from optuna.study import StudyDirection
 from optuna.trial import TrialState
 from sqlalchemy import Integer, any_, bindparam, or_, select
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from service.engine import optuna_rows
+from service.engine.pruning import AtStep
 from service.engine.storage import CARRIED_KEY, backend_of
 
 # Studies whose trials one API process keeps; the least recently used beyond that are dropped
@@ -55,18 +50,6 @@ class _Completed:
     """A completed trial's curve (the pruner reads the per-step arrays built from these)."""
 
     intermediate_values: dict[int, float]
-
-
-_EMPTY = np.empty(0, dtype=float)
-
-
-@dataclass(frozen=True)
-class AtStep:
-    """The completed trials as a percentile pruner sees them from one step: how many there are,
-    and the values at that step of those that reached it."""
-
-    n_completed: int
-    values: np.ndarray
 
 
 @dataclass
@@ -166,7 +149,7 @@ class StudyTrials:
         """What a percentile pruner reads of the completed trials for a trial at `step`.
         Call it holding `lock`."""
         if step is None:
-            return AtStep(len(self.completed), _EMPTY)
+            return AtStep(len(self.completed))
         values = self._arrays.get(step)
         if values is None:
             values = self._arrays[step] = np.asarray(self.by_step.get(step, []), dtype=float)
@@ -190,47 +173,6 @@ def _curves(conn: Any, trial_ids: list[int]) -> dict[int, dict[int, float]]:
         for trial_id, step, stored, kind in conn.execute(query):
             curves[trial_id][step] = rdb_models.TrialIntermediateValueModel.stored_repr_to_intermediate_value(stored, kind)
     return curves
-
-
-def curve(storage: BaseStorage, trial_id: int) -> dict[int, float]:
-    """One trial's intermediate values, in one read (storage.get_trial reads six tables)."""
-    backend = backend_of(storage)
-    if not isinstance(backend, RDBStorage):
-        return dict(storage.get_trial(trial_id).intermediate_values)
-    with backend.engine.connect() as conn:
-        return _curves(conn, [trial_id])[trial_id]
-
-
-def record_value(
-    conn: Any, storage: BaseStorage, study_id: int, trial_id: int, step: int, value: float
-) -> tuple[dict[int, float], AtStep]:
-    """A report's database work, on the caller's connection (so inside its transaction): the
-    study's view refreshed, and the step's value written to Optuna's intermediate values unless
-    the step has one already (the first value stays). Returns the trial's curve, this step
-    included, and the study's completed trials as the pruner needs them at its last step.
-
-    The write is the row Optuna's `set_trial_intermediate_value` would add, in the statement
-    that reads the curve back (optuna_rows): one round trip instead of Optuna's three and a
-    commit of its own.
-    Conflict (409) if Optuna has the trial finished (someone told it, e.g. from the dashboard)."""
-    backend = backend_of(storage)
-    if not isinstance(backend, RDBStorage):
-        values = curve(storage, trial_id)
-        if step not in values:
-            storage.set_trial_intermediate_value(trial_id, step, value)
-            values[step] = value
-        trials = study_trials(storage, study_id)
-        with trials.lock:
-            return values, trials.at_step(max(values))
-    state, values = optuna_rows.insert_value_and_read(conn, trial_id, step, value)
-    if state is None:
-        raise KeyError(f"trial {trial_id}")
-    if state != TrialState.RUNNING:
-        raise optuna.exceptions.UpdateFinishedTrialError(f"trial {trial_id} is {state.name}; it takes no more reports")
-    values.setdefault(step, value)
-    trials = study_trials(storage, study_id, conn=conn)
-    with trials.lock:
-        return values, trials.at_step(max(values))
 
 
 def _database(storage: BaseStorage) -> str:
@@ -316,109 +258,3 @@ def optuna_study_id(storage: BaseStorage, record_id: int, optuna_name: str) -> i
     """Optuna's id of one of our study records' study. Keyed by our record's id, which a study
     deleted and created again under the same name does not keep: the mapping cannot go stale."""
     return _registry.study_id(storage, record_id, optuna_name)
-
-
-@dataclass(frozen=True)
-class CurveSummary:
-    """What a percentile pruner reads of the judged trial's own curve: its last step, the highest
-    step before it (Optuna's interval check) and its best values (np.nanmin / np.nanmax over
-    every value: NaN only when all are NaN). A report's batch path (report_batch.py) gets these
-    from the database without reading the curve (optuna_rows.insert_values_and_summarize)."""
-
-    last_step: int | None
-    previous_step: int = -1
-    best_min: float = math.nan
-    best_max: float = math.nan
-
-    @classmethod
-    def of(cls, values: dict[int, float]) -> CurveSummary:
-        if not values:
-            return cls(None)
-        steps = sorted(values, reverse=True)
-        kept = [v for v in values.values() if not math.isnan(v)]
-        return cls(steps[0], steps[1] if len(steps) > 1 else -1, min(kept, default=math.nan), max(kept, default=math.nan))
-
-    def with_value(self, step: int, value: float) -> CurveSummary:
-        """The summary once `step`, which the curve does not have, is added with `value`."""
-        if self.last_step is None:
-            return CurveSummary.of({step: value})
-        if step > self.last_step:
-            last, previous = step, self.last_step
-        else:
-            last, previous = self.last_step, max(self.previous_step, step)
-        if math.isnan(value):
-            return CurveSummary(last, previous, self.best_min, self.best_max)
-        return CurveSummary(last, previous, _nan_min(self.best_min, value), _nan_max(self.best_max, value))
-
-    def best(self, direction: StudyDirection) -> float:
-        return self.best_max if direction == StudyDirection.MAXIMIZE else self.best_min
-
-
-def _nan_min(a: float, b: float) -> float:
-    return b if math.isnan(a) else min(a, b)
-
-
-def _nan_max(a: float, b: float) -> float:
-    return b if math.isnan(a) else max(a, b)
-
-
-def judged_flat(pruner: optuna.pruners.BasePruner) -> bool:
-    """Whether this path decides for the pruner (none, median, percentile); any other pruner is
-    Optuna's own, run on the study (optuna_pruning.py)."""
-    return isinstance(pruner, (optuna.pruners.NopPruner, optuna.pruners.PercentilePruner))
-
-
-def should_prune(
-    storage: BaseStorage,
-    study_id: int,
-    pruner: optuna.pruners.BasePruner,
-    direction: StudyDirection,
-    trial_id: int,
-    intermediate_values: dict[int, float],
-    at_step: AtStep | None = None,
-) -> bool:
-    """Optuna's answer to trial.should_prune() for a trial with these intermediate values, for a
-    pruner this path judges (judged_flat). `at_step`: the completed trials at the trial's last
-    step, when the caller just read them (else the view is refreshed here)."""
-    if isinstance(pruner, optuna.pruners.NopPruner):
-        return False
-    assert isinstance(pruner, optuna.pruners.PercentilePruner), f"{type(pruner).__name__} is judged by optuna_pruning"
-    summary = CurveSummary.of(intermediate_values)
-    if at_step is None:
-        trials = study_trials(storage, study_id)
-        with trials.lock:
-            at_step = trials.at_step(summary.last_step)
-    return percentile_prune(pruner, direction, summary, at_step)
-
-
-def percentile_prune(
-    pruner: optuna.pruners.PercentilePruner, direction: StudyDirection, curve: CurveSummary, at_step: AtStep
-) -> bool:
-    """optuna.pruners.PercentilePruner.prune (Optuna 5.0, pinned), with the values at the trial's
-    last step of the completed trials taken from `at_step` instead of collected from every
-    completed trial, and the judged trial's curve as its summary (what prune reads of it)."""
-    n_trials = at_step.n_completed
-    if n_trials == 0 or n_trials < pruner._n_startup_trials:
-        return False
-    step = curve.last_step
-    if step is None:
-        return False
-    n_warmup_steps = pruner._n_warmup_steps
-    if step < n_warmup_steps:
-        return False
-    # Optuna's helper looks for the highest step other than `step` among those given.
-    if not _is_first_in_interval_step(step, (curve.previous_step,), n_warmup_steps, pruner._interval_steps):  # type: ignore[arg-type]
-        return False
-    best = curve.best(direction)
-    if math.isnan(best):
-        return True
-    # _get_percentile_intermediate_result_over_trials, on the ready array.
-    if len(at_step.values) < pruner._n_min_trials:
-        return False
-    percentile = 100 - pruner._percentile if direction == StudyDirection.MAXIMIZE else pruner._percentile
-    p = float(np.nanpercentile(at_step.values, percentile))
-    if math.isnan(p):
-        return False
-    if direction == StudyDirection.MAXIMIZE:
-        return best < p
-    return best > p

@@ -291,7 +291,7 @@ def keep_search_spaces(sampler: optuna.samplers.BaseSampler, kept: dict[str, Any
     was a quarter of a TPE claim (docs/benchmarks.md, section a), where raw Optuna, whose sampler
     lives as long as its study, reads the trials since the last one. The object depends only on
     the study's finished trials, which never change, so any claim may carry it on; a study's
-    claims are serialized by its row lock (trials.try_claim), so two never use it at once. Keyed
+    claims are serialized by its row lock (claims.try_claim), so two never use it at once. Keyed
     by sampler class and attribute, as each class builds its own (TPE counts pruned trials in,
     the others do not)."""
     for name, value in list(vars(sampler).items()):

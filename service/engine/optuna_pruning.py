@@ -1,4 +1,4 @@
-"""Pruners the service does not judge on its flat path (coordination.judged_flat): successive
+"""Pruners the service does not judge on its flat path (pruning.flat_rule): successive
 halving, Hyperband, threshold and patience, run as Optuna wrote them on the study as the storage
 has it. They read more than the completed trials' values at one step (rungs in system attributes,
 brackets by trial number, the trial's own history), so a copy of their rules would be a fork.
@@ -13,6 +13,8 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
+from service.errors import Conflict
+
 # An "auto" resource, once Optuna's pruner has worked it out: a pruner that lives through a
 # study.optimize estimates it once, at its first decision after a trial completes, and keeps
 # it. Rebuilt per report here, it would estimate again from the trials completed by then (and
@@ -25,7 +27,7 @@ def report_committed(storage: BaseStorage, trial_id: int, step: int, value: floa
     pruner sees it as it would in a notebook. A step reported before keeps its first value."""
     trial = storage.get_trial(trial_id)
     if trial.state != TrialState.RUNNING:
-        raise optuna.exceptions.UpdateFinishedTrialError(f"trial {trial_id} is {trial.state.name}; it takes no more reports")
+        raise Conflict(f"trial already finished: trial {trial_id} is {trial.state.name}; it takes no more reports")
     if step not in trial.intermediate_values:
         storage.set_trial_intermediate_value(trial_id, step, value)
 

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from service.db import studies as study_rows
 from service.db.models import StudyRecord, Team
-from service.engine import budgets, trials
+from service.engine import budgets, claims
 from service.engine.lr_analysis import finder_name
 from service.engine.storage import not_the_studys_fault, optuna_errors
 from service.engine.studies import describe, spec_of
@@ -111,7 +111,7 @@ def claim_any(session: Session, storage: BaseStorage, study_ids: Sequence[int], 
     whatever order they try studies in. (The first is the one the candidates were read in.)"""
     for study_id in study_ids:
         try:
-            assignment = trials.try_claim(session, storage, study_id, worker_id, settings)
+            assignment = claims.try_claim(session, storage, study_id, worker_id, settings)
         except Exception as exc:
             if not_the_studys_fault(exc):
                 raise

@@ -1,6 +1,6 @@
 """The pruner of a study definition: one model per Optuna pruner, defaults as Optuna 5.0's.
 
-Median and percentile are judged by the service's own flat path (service/engine/coordination.py,
+Median and percentile are judged by the service's own rule (service/engine/pruning.py,
 tested decision for decision against Optuna's); every other kind is Optuna's pruner itself,
 run on the study at each report."""
 
