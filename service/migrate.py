@@ -31,7 +31,7 @@ def alembic_config() -> Config:
     return cfg
 
 
-def _migrate_optuna(url: str, settings: Settings) -> None:
+def _migrate_optuna(url: str) -> None:
     # Constructing RDBStorage creates missing tables and stamps Optuna's own alembic version.
     storage = optuna.storages.RDBStorage(url, skip_compatibility_check=True, engine_kwargs={"pool_size": 1})
     try:
@@ -50,7 +50,7 @@ def migrate(url: str, settings: Settings) -> None:
             conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATE_LOCK_KEY})
             conn.commit()
             try:
-                _migrate_optuna(url, settings)
+                _migrate_optuna(url)
                 cfg = alembic_config()
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, "head")

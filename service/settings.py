@@ -76,10 +76,6 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = None
     metrics_networks: list[IPvAnyNetwork] = Field(default_factory=lambda: [IPv4Network("127.0.0.1/32"), IPv6Network("::1/128")])
 
-    # Only for `hpo token create|list|revoke` through the API (the same names the worker reads).
-    server_url: str | None = None
-    token: str | None = None
-
     pool_size: int = Field(5, ge=1)
     max_overflow: int = Field(5, ge=0)
     pool_timeout: float = Field(30.0, gt=0)

@@ -18,7 +18,7 @@ import optuna
 import pytest
 
 from hpo_client import Client
-from service.db.sessions import SESSIONS_PER_TOKEN
+from service.db.dashboard_sessions import SESSIONS_PER_TOKEN
 from tests.conftest import BIN, LiveServer, auth, digits_definition, free_port, prefix_of
 from tests.dashboard_helpers import assert_error, audit_events, claim, dashboard_studies, login, rest_study, sql
 

@@ -344,7 +344,7 @@ def test_the_lr_plot_shades_the_range_auto_lr_range_chose() -> None:
 
 
 def test_reports_of_an_lr_sweep_and_a_range_test() -> None:
-    from service.engine import report
+    from service.engine import study_page
 
     for spec, trials, drawn in (
         (sweep_spec(), sweep_trials(sweep_spec()), set(KINDS)),
@@ -354,7 +354,7 @@ def test_reports_of_an_lr_sweep_and_a_range_test() -> None:
         summary = {"name": spec.name, "optuna_name": f"t/{spec.name}", "direction": spec.direction, "state": "finished",
                    "n_trials": spec.budget.n_trials, "counts": {"COMPLETE": len(trials)}, "best_trial": None,
                    "definition": spec.model_dump(mode="json"), "diagnosis": {"counts": {}, "hints": ["lr <b>x</b>"]}}
-        page = report.build(summary, plots.PlotInputs(spec, trials))
+        page = study_page.build(summary, plots.PlotInputs(spec, trials))
         shown = set(re.findall(r"<figure id=\"plot-(\w+)\"><img", page))
         assert shown == drawn, (spec.kind, shown)
         for kind in set(KINDS) - drawn:

@@ -10,17 +10,10 @@ from typing import Annotated, Optional
 
 import typer
 
+from worker.device import pick_device
 from worker.settings import WorkerSettings, default_worker_id
 
 app = typer.Typer(add_completion=False, help="Pull trials from an hpo service and train them.")
-
-
-def pick_device(requested: str | None) -> str:
-    import torch
-
-    if requested:
-        return requested
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @app.command()

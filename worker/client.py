@@ -46,15 +46,6 @@ class LeaseLost(ServiceError):
     finished) or 404/410 (its study was deleted)."""
 
 
-def is_transient(exc: BaseException) -> bool:
-    """A failure that says "not now": the service was unreachable or answered 5xx/408/429."""
-    if isinstance(exc, LeaseLost):
-        return False
-    if isinstance(exc, ServiceError):
-        return exc.transient
-    return isinstance(exc, httpx.TransportError)
-
-
 class ServiceClient:
     def __init__(
         self,

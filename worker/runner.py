@@ -34,7 +34,8 @@ from service.spec import Assignment
 from worker.client import LeaseLost, ServiceClient, ServiceError
 from worker.outbox import Outbox, refused
 from worker.workloads import TrialOutcome
-from worker.workloads.builtin import release_device_memory, run_builtin, run_lr_finder
+from worker.device import release_device_memory
+from worker.workloads.builtin import run_builtin, run_lr_finder
 from worker.workloads.external import Policy, run_user_workload
 
 log = logging.getLogger("hpo.worker")

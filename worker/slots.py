@@ -162,7 +162,7 @@ def slot_main(config: SlotConfig, index: int, conn: Connection, lost_trial: Any,
 
     import torch
 
-    from worker.cli import pick_device
+    from worker.device import pick_device
 
     torch.set_num_threads(config.threads)
     runner.device = pick_device(config.device)

@@ -9,7 +9,6 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse
-from sqlalchemy import text
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import metrics as instruments
@@ -23,7 +22,7 @@ from service.api.auth_throttle import AuthThrottle
 from service.api.report_fast_path import ReportFastPath
 from service.api.metrics import RequestMetrics
 from service.api.request_guard import RequestGuard
-from service.db.session import make_engine, make_sessionmaker
+from service.db.session import make_engine, make_sessionmaker, ping
 from service.engine.checkpoints import artifact_store
 from service.engine.reaper import Reaper
 from service.engine.storage import backend_of, make_storage
@@ -165,8 +164,7 @@ def create_app(settings: Settings | None = None, *, report_fast_path: bool = Tru
     def readyz(request: Request) -> dict[str, str]:
         """Readiness: the database answers. Needs no token; 503 with Retry-After while it doesn't."""
         runtime = request.app.state.runtime
-        with runtime.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
+        ping(runtime.engine)
         return {"status": "ready"}
 
     return app

@@ -3,7 +3,7 @@
 - `GET /dashboard/login` is a form that takes a token; `POST /dashboard/login` checks it (viewer,
   member or admin; not worker) and sets a session cookie (`HttpOnly`, `SameSite=Strict`,
   `Secure` unless HPO_COOKIE_SECURE=false, path /dashboard). The cookie holds a random session
-  id; the database keeps its hash (service/db/sessions.py). `POST /dashboard/logout` ends it.
+  id; the database keeps its hash (service/db/dashboard_sessions.py). `POST /dashboard/logout` ends it.
   Both refuse a cross-site request (service/api/dashboard_login.py).
 - Without a session: HTML pages redirect (303) to the login form, `/dashboard/api/...` is 401.
 - Each team gets its own optuna-dashboard app on a TeamStorage, so it lists only the team's
@@ -37,7 +37,7 @@ from service.api import dashboard_login
 from service.api.dashboard_guard import PREFIX, Event, Forward, decide, error, record
 from service.api.dashboard_login import COOKIE, cross_site, login_page
 from service.api.deps import Runtime
-from service.db import sessions
+from service.db import dashboard_sessions
 from service.db.teams import Principal
 from service.engine.team_storage import TeamStorage
 
@@ -173,7 +173,7 @@ class Dashboard:
         if not raw:
             return None
         with runtime.transaction() as session:
-            return sessions.principal(session, raw)
+            return dashboard_sessions.principal(session, raw)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -26,7 +26,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from service.api.dashboard_guard import PREFIX, error
 from service.api.deps import Runtime
-from service.db import sessions
+from service.db import dashboard_sessions
 from service.db.teams import Principal
 from service.errors import ServiceError, Unauthorized
 
@@ -103,7 +103,7 @@ async def login(request: Request, runtime: Runtime) -> Response:
 
     def _open() -> tuple[str, Principal]:
         with runtime.transaction() as session:
-            return sessions.login(session, token, runtime.settings.dashboard_session_seconds)
+            return dashboard_sessions.login(session, token, runtime.settings.dashboard_session_seconds)
 
     try:
         if not token:
@@ -138,7 +138,7 @@ async def logout(request: Request, runtime: Runtime) -> Response:
 
         def _end() -> None:
             with runtime.transaction() as session:
-                sessions.logout(session, raw)
+                dashboard_sessions.logout(session, raw)
 
         await run_in_threadpool(_end)
     response = RedirectResponse(f"{PREFIX}/login", status_code=303)

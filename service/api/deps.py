@@ -14,12 +14,12 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from optuna.storages import BaseStorage
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.teams import Principal, authenticate
 from service.engine.checkpoints import ArtifactStore
+from service.engine.storage import Storage
 from service.errors import Forbidden, ServiceUnavailable, Unauthorized
 from service.settings import Settings
 
@@ -34,7 +34,7 @@ class Runtime:
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
-    storage: BaseStorage
+    storage: Storage
     store: ArtifactStore
     # Turns at drawing plots and reports (settings.render_concurrency): see `drawing`.
     renders: threading.BoundedSemaphore

@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import optuna
-import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -15,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from service.engine.reaper import outages
-from service.engine.storage import CONNECTION_ERRORS, database_down, transaction_conflict
+from service.engine.storage import DATABASE_ERRORS, database_down, transaction_conflict
 from service.errors import ServiceError, ServiceUnavailable
 
 log = logging.getLogger("hpo.api")
@@ -51,15 +49,12 @@ def _body(code: str, detail: str) -> dict[str, str]:
     return {"error": code, "detail": detail}
 
 
-_DATABASE_ERRORS = (*CONNECTION_ERRORS, sqlalchemy.exc.DBAPIError, optuna.exceptions.StorageInternalError)
-
-
 def error_response(exc: BaseException, method: str, path: str) -> JSONResponse:
     """The answer to an exception out of a route (the handlers below; and the report fast path,
     service/api/report_fast_path.py, which runs outside FastAPI's)."""
     if isinstance(exc, ServiceError):
         return JSONResponse(_body(exc.code, exc.detail), status_code=exc.status_code, headers=exc.headers())
-    if isinstance(exc, _DATABASE_ERRORS):
+    if isinstance(exc, DATABASE_ERRORS):
         # The database went away (restart, failover, network): a 503 the client may retry, never a 500.
         if transaction_conflict(exc):
             # A deadlock victim: retryable, but the database is fine (no outage to note).
@@ -76,7 +71,7 @@ def install(app: FastAPI) -> None:
     async def _error(request: Request, exc: Exception) -> JSONResponse:
         return error_response(exc, request.method, request.url.path)
 
-    for kind in (ServiceError, *_DATABASE_ERRORS, Exception):
+    for kind in (ServiceError, *DATABASE_ERRORS, Exception):
         app.add_exception_handler(kind, _error)
 
     @app.exception_handler(RequestValidationError)

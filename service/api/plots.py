@@ -10,7 +10,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import HTMLResponse
 
 from service.api.deps import Reader, RuntimeDep
-from service.engine import plots, report, studies
+from service.engine import plots, studies, study_page
 
 router = APIRouter(prefix="/api/v1/studies", tags=["plots"])
 
@@ -51,5 +51,5 @@ def get_report(name: str, runtime: RuntimeDep, caller: Reader) -> HTMLResponse:
         summary = studies.summary(session, runtime.storage, record)
         inputs = plots.load(runtime.storage, record)
     with runtime.drawing():
-        page = report.build(summary, inputs)
-    return HTMLResponse(page, headers={"Content-Security-Policy": report.CSP, "Cache-Control": "no-store"})
+        page = study_page.build(summary, inputs)
+    return HTMLResponse(page, headers={"Content-Security-Policy": study_page.CSP, "Cache-Control": "no-store"})

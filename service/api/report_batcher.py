@@ -23,12 +23,11 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
 from service import metrics
 from service.api.deps import Runtime
-from service.db.session import engine_kwargs, make_sessionmaker
+from service.db.session import make_engine, make_sessionmaker
 from service.db.teams import Principal, authenticate_many
 from service.engine import reports as engine_reports
 from service.errors import ServiceError
@@ -96,9 +95,10 @@ class ReportBatcher:
         # A pool of its own, one connection per batch in flight, without the ping on every
         # checkout (a round trip in each batch): a batch on a connection the database dropped
         # fails as a whole, and its reports are retried on the runtime's pool, which pings.
-        kwargs = {**engine_kwargs(runtime.settings, f"{runtime.settings.application_name}-reports")}
-        kwargs.update(pool_pre_ping=False, pool_size=in_flight, max_overflow=0)
-        self._engine = create_engine(runtime.engine.url, **kwargs)
+        self._engine = make_engine(
+            runtime.engine.url, runtime.settings, f"{runtime.settings.application_name}-reports",
+            pool_pre_ping=False, pool_size=in_flight, max_overflow=0,
+        )
         metrics.watch_pool(self._engine, in_flight)
         self._sessions = make_sessionmaker(self._engine)
         self._queue: list[tuple[PendingReport, asyncio.Future[bool]]] = []

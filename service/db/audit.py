@@ -21,7 +21,7 @@ ACTIONS = (
     "study.delete",  # through REST, or the dashboard (detail.via = "dashboard")
     "token.create",
     "token.revoke",
-    # One event per token per window (service/db/sessions.py): detail.count logins since `at`.
+    # One event per token per window (service/db/dashboard_sessions.py): detail.count logins since `at`.
     "dashboard.login",
     # optuna-dashboard's writes (service/api/dashboard_routes.py); the target is the study.
     "dashboard.tell",

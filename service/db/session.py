@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.settings import Settings
@@ -24,8 +24,15 @@ def engine_kwargs(settings: Settings, application_name: str | None = None) -> di
     }
 
 
-def make_engine(url: str, settings: Settings, application_name: str | None = None) -> Engine:
-    return create_engine(url, **engine_kwargs(settings, application_name))
+def make_engine(url: str, settings: Settings, application_name: str | None = None, **overrides: Any) -> Engine:
+    """An engine with the service's pool settings; `overrides` replace some of them."""
+    return create_engine(url, **{**engine_kwargs(settings, application_name), **overrides})
+
+
+def ping(engine: Engine) -> None:
+    """One round trip to the database (readiness); raises what the connection raises."""
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from service.db import audit
 from service.db.models import ROLES, StudyRecord, Team, Token
+from service.db.studies import now as db_now
 from service.errors import Conflict, InvalidRequest, NotFound, Unauthorized
 from service.spec import NAME_PATTERN, NAME_RULE
 
@@ -201,10 +202,6 @@ def _audit(session: Session, team_id: int, action: str, prefix: str, actor: Prin
         role=actor.role if actor else None,
         detail=detail,
     )
-
-
-def db_now(session: Session) -> datetime:
-    return session.execute(select(func.now())).scalar_one()
 
 
 def teams_with_studies(session: Session) -> Sequence[Team]:

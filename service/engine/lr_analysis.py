@@ -22,7 +22,8 @@ from service.spec.study import FINDER_SUFFIX
 LR_RANGE_ATTR = "hpo_lr_range"
 
 
-def _diverged(t: FrozenTrial) -> bool:
+def diverged(t: FrozenTrial) -> bool:
+    """Whether the trial ended because its loss blew up (the worker's reason, or the diagnosis)."""
     return t.user_attrs.get("reason") == "diverged" or t.user_attrs.get("diagnosis") == "diverged"
 
 
@@ -36,11 +37,11 @@ def sweep_result(spec: StudySpec, trials: list[FrozenTrial]) -> dict[str, Any] |
         if not t.state.is_finished() or "lr" not in t.params:
             continue
         # A complete trial has a value however its curve looked; any other ended by the guard.
-        diverged = t.state != TrialState.COMPLETE and _diverged(t)
-        if t.state != TrialState.COMPLETE and not diverged:
+        blew_up = t.state != TrialState.COMPLETE and diverged(t)
+        if t.state != TrialState.COMPLETE and not blew_up:
             continue  # failed for another reason (a crash): no evidence about the lr
         initial = (t.user_attrs.get("metrics") or {}).get("initial_val_loss")
-        runs.append({"lr": t.params["lr"], "value": t.value, "diverged": diverged, "initial": initial})
+        runs.append({"lr": t.params["lr"], "value": t.value, "diverged": blew_up, "initial": initial})
     result = summarize_sweep(runs, spec.direction, spec.sweep.tolerance, grid=spec.sweep.grid())
     result["complete"] = sum(1 for t in trials if t.state.is_finished()) >= spec.budget.n_trials
     return result

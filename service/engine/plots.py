@@ -121,10 +121,6 @@ def _text(value: Any, limit: int = 40) -> str:
     return s.replace("$", r"\$")
 
 
-def _diverged(t: FrozenTrial) -> bool:
-    return t.user_attrs.get("reason") == "diverged" or t.user_attrs.get("diagnosis") == "diverged"
-
-
 def _auto_yscale(ax: Any, values: Sequence[float]) -> None:
     """Losses that span orders of magnitude (a diverging run next to good ones) read on a log axis."""
     positive = [v for v in values if _finite(v)]
@@ -228,7 +224,7 @@ def _lr_search(ax: Any, spec: StudySpec, trials: list[FrozenTrial], lr_range: di
     done = _complete(with_lr)
     # Pruned by the median pruner: its last reported loss says where it was heading. Diverged or
     # failed: no loss worth placing, so a mark at the top of the axis.
-    pruned = [t for t in with_lr if t.state == TrialState.PRUNED and not _diverged(t) and _last_value(t) is not None]
+    pruned = [t for t in with_lr if t.state == TrialState.PRUNED and not lr_analysis.diverged(t) and _last_value(t) is not None]
     kept = {t.number for t in pruned}
     lost = [t for t in with_lr if t.state in (TrialState.PRUNED, TrialState.FAIL) and t.number not in kept]
     if not done and not pruned and not lost:

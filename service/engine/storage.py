@@ -148,6 +148,18 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# Every exception that may come of the database being away or in conflict, Optuna's wrapper of
+# them included (the API turns them into 503s: service/api/errors.py).
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+    *CONNECTION_ERRORS,
+    sqlalchemy.exc.DBAPIError,
+    optuna.exceptions.StorageInternalError,
+)
+
+# The storage type the rest of the service holds (Optuna's, under make_storage's cache).
+Storage = BaseStorage
+
+
 def _chain(exc: BaseException | None) -> Iterator[BaseException]:
     seen = 0
     while exc is not None and seen < 10:

@@ -9,7 +9,9 @@ from __future__ import annotations
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from service.spec.strict import Strict
 
 # scikit-learn ships these with the package; diabetes is the regression one.
 BUNDLED: dict[str, Literal["classification", "regression"]] = {
@@ -32,11 +34,7 @@ Task = Literal["classification", "regression"]
 MAX_SYNTHETIC_VALUES = 2**29
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class BundledData(_Strict):
+class BundledData(Strict):
     kind: Literal["digits", "iris", "wine", "breast_cancer", "diabetes"]
 
     @property
@@ -48,7 +46,7 @@ class BundledData(_Strict):
         return IMAGE_SHAPES.get(self.kind)
 
 
-class SyntheticData(_Strict):
+class SyntheticData(Strict):
     """sklearn's make_classification / make_regression: any size, for throughput tests too."""
 
     kind: Literal["synthetic"]
@@ -86,7 +84,7 @@ def check_relative_path(path: str) -> str:
     return path
 
 
-class _FileData(_Strict):
+class _FileData(Strict):
     path: str = Field(description="relative to the worker's data root (HPO_DATA_ROOT)")
 
     @field_validator("path")

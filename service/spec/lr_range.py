@@ -12,14 +12,12 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from service.spec.strict import Strict
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class LrSweep(_Strict):
+class LrSweep(Strict):
     """`kind: lr_sweep`: every lr of a log grid from `low` to `high`, `seeds` runs each."""
 
     low: float = Field(1e-6, gt=0, le=100)
@@ -55,7 +53,7 @@ class LrSweep(_Strict):
         return points
 
 
-class LrFinder(_Strict):
+class LrFinder(Strict):
     """`kind: lr_finder` (and `auto_lr_range`): the LR range test (Smith 2015; fastai's lr_find)."""
 
     low: float = Field(1e-7, gt=0, le=100)

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from service.spec.strict import Strict
 
 PRUNER_KINDS = ("median", "percentile", "successive_halving", "hyperband", "threshold", "patience", "none")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class _StepPruner(_Strict):
+class _StepPruner(Strict):
     """What Optuna's MedianPruner and PercentilePruner share: when a trial may be judged."""
 
     n_startup_trials: int = Field(5, ge=0)
@@ -39,7 +37,7 @@ class PercentilePruner(_StepPruner):
     percentile: float = Field(ge=0, le=100)
 
 
-class SuccessiveHalvingPruner(_Strict):
+class SuccessiveHalvingPruner(Strict):
     """Asynchronous successive halving (ASHA): at rung k (step min_resource * reduction_factor^k)
     a trial goes on only if it is in the top 1/reduction_factor of the trials that reached it."""
 
@@ -57,7 +55,7 @@ class SuccessiveHalvingPruner(_Strict):
         return self
 
 
-class HyperbandPruner(_Strict):
+class HyperbandPruner(Strict):
     """Hyperband: several successive-halving brackets, each trial in one (by its number), each
     bracket trading how early it prunes against how many trials it keeps."""
 
@@ -78,7 +76,7 @@ class HyperbandPruner(_Strict):
         return self
 
 
-class ThresholdPruner(_Strict):
+class ThresholdPruner(Strict):
     """Prunes a trial whose latest value is below `lower`, above `upper`, or NaN."""
 
     kind: Literal["threshold"]
@@ -96,7 +94,7 @@ class ThresholdPruner(_Strict):
         return self
 
 
-class NoPruner(_Strict):
+class NoPruner(Strict):
     kind: Literal["none"]
 
 
@@ -107,7 +105,7 @@ Wrappable = Annotated[
 ]
 
 
-class PatientPruner(_Strict):
+class PatientPruner(Strict):
     """Optuna's PatientPruner: a trial is judged only once the best of its last `patience` + 1
     values is worse than its best before them by more than `min_delta` (it stopped improving);
     then by `wrapped`, or pruned outright without one."""

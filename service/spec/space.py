@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from service.spec.limits import MAX_CHOICE_CHARS, MAX_CHOICES, MAX_FLOAT_STEPS, MAX_INT
+from service.spec.strict import Strict
 
 
 def _finite(value: float, field: str) -> float:
@@ -21,10 +22,6 @@ def _short(value: int) -> str:
     return text if len(text) <= 24 else f"a number of {len(text.lstrip('-'))} digits"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 def _check_range(low: float, high: float, log: bool, step: float | None) -> None:
     if low >= high:
         raise ValueError(f"low must be < high, got low={low} high={high}")
@@ -36,7 +33,7 @@ def _check_range(low: float, high: float, log: bool, step: float | None) -> None
         raise ValueError(f"step must be > 0, got {step}")
 
 
-class FloatParam(_Strict):
+class FloatParam(Strict):
     type: Literal["float"]
     low: float
     high: float
@@ -77,7 +74,7 @@ class FloatParam(_Strict):
         return float(value)
 
 
-class IntParam(_Strict):
+class IntParam(Strict):
     type: Literal["int"]
     low: int
     high: int
@@ -113,7 +110,7 @@ class IntParam(_Strict):
 Choice = Union[bool, int, float, str, None]
 
 
-class CategoricalParam(_Strict):
+class CategoricalParam(Strict):
     type: Literal["categorical"]
     choices: list[Choice] = Field(min_length=1, max_length=MAX_CHOICES)
 
@@ -149,7 +146,7 @@ def case_key(value: Any) -> str:
     return "null" if value is None else str(value)
 
 
-class ConditionalParam(_Strict):
+class ConditionalParam(Strict):
     """A parameter whose range depends on another parameter's value, e.g. lr per optimizer:
 
         lr: {type: conditional, on: optimizer,

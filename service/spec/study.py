@@ -7,17 +7,18 @@ import re
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from service.spec import presets
 from service.spec.constraints import Constraint, check_constraints
+from service.spec.hyperparameters import USER_PARAM_NAME, ParamRule, defaults_for, rules_for
 from service.spec.lr_range import LrFinder, LrSweep
 from service.spec.objectives import MAX_OBJECTIVES, Objective, check_objectives
 from service.spec.pruners import MedianPruner, Pruner
 from service.spec.samplers import Sampler, TpeSampler
-from service.spec.hyperparameters import USER_PARAM_NAME, ParamRule, defaults_for, rules_for
 from service.spec.sizes import bruteforce_size, check_grid, check_seed, check_space
 from service.spec.space import CategoricalParam, ConditionalParam, FloatParam, IntParam, Param, active_order, case_key
+from service.spec.strict import Strict
 from service.spec.workload import Workload
 
 # Study and team names end up in URLs and in Optuna's `<team>/<study>` names, so they stay
@@ -26,11 +27,7 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 NAME_RULE = "1-63 characters: lowercase letters, digits, '_', '.', '-'; starting with a letter or digit"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Budget(_Strict):
+class Budget(Strict):
     """The study ends when the first of its budgets runs out; trials running then finish normally."""
 
     n_trials: int = Field(20, ge=1, le=1_000_000)
@@ -56,7 +53,7 @@ STUDY_KINDS = ("search", "lr_sweep", "lr_finder")
 FINDER_SUFFIX = "-lr-finder"
 
 
-class StudySpec(_Strict):
+class StudySpec(Strict):
     name: str = Field(pattern=NAME_PATTERN, description=NAME_RULE)
     # search: sample `space` with `sampler`. lr_sweep: every lr of a log grid (`sweep`), all else
     # fixed in `workload`. lr_finder: one LR range test run (`finder`) on a built-in model.

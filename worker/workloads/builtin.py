@@ -13,7 +13,6 @@ cannot be resumed from means training from scratch."""
 
 from __future__ import annotations
 
-import gc
 import logging
 import math
 import threading
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from service.spec import Assignment
+from worker.device import release_device_memory
 from worker.client import LeaseLost, ServiceClient
 from worker.outbox import Outbox
 from worker.workloads import TrialOutcome, describe, failure_reason, finite_metrics
@@ -250,12 +250,3 @@ def _fetch_checkpoint(a: Assignment, client: ServiceClient) -> tuple[int, bytes]
     return found
 
 
-def release_device_memory(device: str) -> None:
-    """After an out-of-memory failure or an abandoned trial: collect what the trial left, and
-    return the allocator's cached blocks, so the next trial starts with the whole device."""
-    gc.collect()
-    if str(device).startswith("cuda"):
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
