@@ -23,7 +23,8 @@ from service.spec import Assignment
 from tests.conftest import BIN, LiveServer, run_with_database, start_worker
 from worker.workloads import allow
 from worker.workloads.allow import command_allowed, plugin_allowed
-from worker.workloads.external import Policy, child_argv, run_user_workload
+from worker.workloads.external import run_user_workload
+from worker.workloads.policy import Policy, child_argv
 
 ALLOW = ["allowedpkg.*"]
 SPACE = {"x": {"type": "float", "low": 0.0, "high": 1.0}}

@@ -512,7 +512,7 @@ def test_the_prune_answer_is_the_latest_delivered_reports() -> None:
 
 
 def test_a_user_workloads_reports_are_queued_too() -> None:
-    from worker.workloads.external import _Relay
+    from worker.workloads.sdk_relay import _Relay
 
     client = FakeClient([])
     failing = iter(range(1))

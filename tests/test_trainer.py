@@ -10,8 +10,12 @@ import pytest
 import torch
 
 import worker.trainer as trainer
+import worker.training_run as training_run
 from service.spec import CNN_PARAMS, MLP_PARAMS, OPTIMIZERS, Workload
-from worker.trainer import CHECK_EVERY, EpochResult, _Diverged, _Guard, train
+from worker.checkpoint import CHECKPOINT_FORMAT
+from worker.divergence_guard import CHECK_EVERY, _Diverged, _Guard
+from worker.scoring import _evaluate
+from worker.trainer import EpochResult, train
 
 DEFAULTS = {name: rule.default for name, rule in MLP_PARAMS.items()}
 CNN_DEFAULTS = {name: rule.default for name, rule in CNN_PARAMS.items()}
@@ -197,7 +201,7 @@ def test_guard_reasons() -> None:
 
 
 def test_nonfinite_validation_loss_counts_as_diverged(monkeypatch: pytest.MonkeyPatch) -> None:
-    real: Callable = trainer._evaluate
+    real: Callable = training_run._evaluate
     calls = []
 
     def evaluate(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -206,7 +210,8 @@ def test_nonfinite_validation_loss_counts_as_diverged(monkeypatch: pytest.Monkey
         # Call 1 scores the untrained model, then one call per epoch: 3 is epoch 2's.
         return (loss_sum * float("inf") if len(calls) == 3 else loss_sum), correct
 
-    monkeypatch.setattr(trainer, "_evaluate", evaluate)
+    # training_run makes every validation pass, the untrained model's included.
+    monkeypatch.setattr(training_run, "_evaluate", evaluate)
     results = run(dict(GOOD, hidden_size=16), epochs=4)
     assert [r.epoch for r in results] == [1, 2]
     assert results[0].diverged is None
@@ -238,7 +243,7 @@ def test_validation_mse_is_the_mean_over_outputs() -> None:
     y = torch.tensor([[1.0, 0.0], [3.0, 8.0], [2.0, 2.0]])  # squared errors: (0 + 4), (0 + 16), (4 + 4)
     split = Split(x, y, x, y, input_shape=(2,), n_outputs=2, task="regression")
     mse = torch.nn.functional.mse_loss
-    loss_sum, correct = trainer._evaluate(torch.nn.Identity(), split, mse, contextlib.nullcontext, chunk=2)
+    loss_sum, correct = _evaluate(torch.nn.Identity(), split, mse, contextlib.nullcontext, chunk=2)
     # Summed per sample, each sample's MSE the mean over its 2 outputs: 2 + 8 + 4.
     assert loss_sum.item() == pytest.approx(14.0) and correct.item() == 0
 
@@ -332,7 +337,7 @@ def test_a_checkpoint_is_plain_data_for_weights_only_loading() -> None:
         run.checkpoint()
     next(run)
     saved = torch.load(io.BytesIO(run.checkpoint()), weights_only=True)
-    assert saved["format"] == trainer.CHECKPOINT_FORMAT and saved["epoch"] == 1
+    assert saved["format"] == CHECKPOINT_FORMAT and saved["epoch"] == 1
     assert {"model", "optimizer", "schedule", "rng_cpu", "shuffle", "guard_first", "initial_val_loss", "history"} <= set(saved)
     assert saved["rng_cuda"] is None and saved["shuffle_device"] == "cpu"
     assert isinstance(saved["guard_first"], float) and saved["history"][0]["epoch"] == 1
@@ -358,7 +363,7 @@ def test_a_checkpoint_resumes_only_its_own_configuration() -> None:
             return (print, ("this must never run",))
 
     evil = io.BytesIO()
-    torch.save({"format": trainer.CHECKPOINT_FORMAT, "x": Evil()}, evil)
+    torch.save({"format": CHECKPOINT_FORMAT, "x": Evil()}, evil)
     with pytest.raises(trainer.CheckpointError, match="unreadable"):
         train(Workload(epochs=2), hp, "cpu", resume=evil.getvalue())
 

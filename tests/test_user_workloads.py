@@ -21,7 +21,8 @@ from service.spec import Assignment
 from tests.conftest import LiveServer, start_worker, wait_for
 from tests.plugins import MODES
 from worker.workloads.allow import command_allowed, plugin_allowed
-from worker.workloads.external import Policy, run_user_workload
+from worker.workloads.external import run_user_workload
+from worker.workloads.policy import Policy
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"

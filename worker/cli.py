@@ -80,7 +80,7 @@ def worker(
     if not token:
         raise typer.BadParameter("a team token is required (--token or HPO_TOKEN)", param_hint="--token")
 
-    from worker.workloads.external import Policy
+    from worker.workloads.policy import Policy
 
     policy = Policy(
         allow_plugins=allow_plugin if allow_plugin is not None else settings.allow_plugins,

@@ -17,7 +17,7 @@ from service.spec.lr_range import LrFinder
 from worker.data import load_split
 from worker.models import build_model, uses_batchnorm
 from worker.optim import build_optimizer
-from worker.trainer import _autocast, _loss_fn
+from worker.scoring import _autocast, _loss_fn
 
 # The first few smoothed values rest on very few batches; divergence is not judged on them.
 SETTLE_STEPS = 5

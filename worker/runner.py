@@ -36,7 +36,8 @@ from worker.outbox import Outbox, refused
 from worker.workloads import TrialOutcome
 from worker.device import release_device_memory
 from worker.workloads.builtin import run_builtin, run_lr_finder
-from worker.workloads.external import Policy, run_user_workload
+from worker.workloads.external import run_user_workload
+from worker.workloads.policy import Policy
 
 log = logging.getLogger("hpo.worker")
 

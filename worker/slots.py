@@ -43,7 +43,7 @@ from typing import Any
 from service.spec import Assignment
 from worker.client import ServiceClient
 from worker.runner import Runner, Unauthorized, _Heartbeat
-from worker.workloads.external import Policy
+from worker.workloads.policy import Policy
 
 log = logging.getLogger("hpo.worker")
 
