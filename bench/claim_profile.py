@@ -15,7 +15,7 @@ holding the same --prefill earlier trials (bench/coordination.py's: 80 % complet
 - service, fresh: per trial, what claims.try_claim does: `factories.load_study` with a sampler
   rebuilt for the claim (seed + trials claimed), a new trial, `suggest`, then `tell`;
 - service, kept: the same, with the study's search spaces carried from claim to claim
-  (`factories.keep_search_spaces`, as try_claim now does).
+  (`optuna_adapter.internals.keep_search_spaces`, as try_claim now does).
 
 Prints the p50 per trial of each and the ratios, and with --profile the functions that take the
 most cumulative time in 5 more trials of each way. Ends with one `SUMMARY claim_profile:` line.

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     import optuna
     import psycopg
 
-    from service.engine.storage import NumberingRDBStorage
+    from service.engine.optuna_adapter.numbering import NumberingRDBStorage
 
     with throwaway_database(args.database_url) as url:
         print(machine_line(url))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import optuna
 from alembic import command
@@ -55,6 +56,8 @@ def migrate(url: str, settings: Settings) -> None:
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, "head")
                 conn.commit()
+                _restore_curve_best_triggers(conn)
+                conn.commit()
             finally:
                 conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATE_LOCK_KEY})
                 conn.commit()
@@ -64,19 +67,52 @@ def migrate(url: str, settings: Settings) -> None:
 
 def pending_migrations(url: str, settings: Settings) -> str | None:
     """None when both schemas are current; otherwise what is missing, for a clear error."""
+    head = ScriptDirectory.from_config(alembic_config()).get_heads()
     engine = make_engine(url, settings, application_name="hpo-schema-check")
     try:
         with engine.connect() as conn:
             ours = MigrationContext.configure(conn, opts={"version_table": ALEMBIC_VERSION_TABLE}).get_current_heads()
             theirs = MigrationContext.configure(conn).get_current_heads()
+            off = curve_best_triggers_off(conn) if set(ours) == set(head) and theirs else []
     finally:
         engine.dispose()
-    head = ScriptDirectory.from_config(alembic_config()).get_heads()
     if set(ours) != set(head):
         return f"the hpo_* tables are at {list(ours) or 'nothing'}, not {head}"
     if not theirs:
         return "Optuna's tables do not exist"
+    if off:
+        return (
+            f"the triggers that keep hpo_curve_bests on Optuna's trial_intermediate_values are missing or disabled "
+            f"({', '.join(off)}): its rows would go stale, and reports be judged against wrong best values"
+        )
     return None
+
+
+def _curve_bests_migration() -> Any:
+    return ScriptDirectory.from_config(alembic_config()).get_revision("0006").module
+
+
+def curve_best_triggers_off(conn: Any) -> list[str]:
+    """The triggers of migration 0006 that are missing, or disabled (they fire only when
+    enabled, O, or always, A), on Optuna's trial_intermediate_values."""
+    rows = conn.execute(
+        text("SELECT tgname, tgenabled FROM pg_trigger WHERE tgrelid = to_regclass('trial_intermediate_values') AND NOT tgisinternal")
+    ).all()
+    on = {name for name, enabled in rows if enabled in ("O", "A")}
+    return [name for name in _curve_bests_migration().TRIGGERS if name not in on]
+
+
+def _restore_curve_best_triggers(conn: Any) -> None:
+    """Make the triggers again where one was dropped or disabled (by hand, a restore that left
+    them out), and forget every kept row: any may have gone stale while a trigger was away. A
+    trial without a row is aggregated from Optuna's values by its readers until its next value
+    makes the row again (migration 0006)."""
+    off = curve_best_triggers_off(conn)
+    if not off:
+        return
+    log.warning("restoring the hpo_curve_bests triggers (%s) and forgetting its rows", ", ".join(off))
+    _curve_bests_migration().install_triggers(conn.exec_driver_sql)
+    conn.execute(text("DELETE FROM hpo_curve_bests"))
 
 
 def maintenance_warnings(url: str, settings: Settings) -> list[str]:

@@ -15,7 +15,8 @@ import pytest
 from optuna.trial import TrialState
 from sqlalchemy import text
 
-from service.engine import coordination, optuna_rows
+from service.engine import coordination
+from service.engine.optuna_adapter import rows as optuna_rows
 from service.engine.pruning import CurveSummary, PercentileRule, flat_rule
 from service.engine.factories import build_sampler
 from service.engine.storage import make_storage
@@ -24,6 +25,10 @@ from service.spec import StudySpec
 from service.spec.pruners import MedianPruner
 from tests.conftest import digits_definition
 from tests.curve_schedule import run_schedule
+
+
+# The trial views of the module's one database (the storage fixture's), as a process keeps them.
+VIEWS = coordination.TrialViews()
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +41,7 @@ def flat_decision(storage: optuna.storages.BaseStorage, study_id: int, rule: Per
     with storage._backend.engine.connect() as conn:  # type: ignore[attr-defined]
         _, values = optuna_rows.state_and_curve(conn, trial_id)
     summary = CurveSummary.of(values)
-    view = coordination.study_trials(storage, study_id)
+    view = VIEWS.study_trials(storage, study_id)
     with view.lock:
         return rule.prune(summary, view.at_step(summary.last_step))
 
@@ -90,18 +95,18 @@ def test_pruning_decisions_match_optunas_median_pruner(
 def test_incremental_view_counts_what_a_full_read_counts(storage: optuna.storages.BaseStorage) -> None:
     study = optuna.create_study(storage=storage, study_name=f"view-{uuid.uuid4().hex[:8]}")
     first = [study.ask() for _ in range(3)]
-    view = coordination.study_trials(storage, study._study_id)
+    view = VIEWS.study_trials(storage, study._study_id)
     assert (view.originals, len(view.completed), view.waiting) == (3, 0, 0)
     # The oldest finishes last; an enqueued trial waits; one fails and is not counted as complete.
     first[1].report(1.0, 1)
     study.tell(first[1], 1.0)
     study.tell(first[2], state=TrialState.FAIL)
     study.enqueue_trial({"x": 1.0})
-    view = coordination.study_trials(storage, study._study_id)
+    view = VIEWS.study_trials(storage, study._study_id)
     assert (view.originals, len(view.completed), view.waiting) == (4, 1, 1)
     assert view.completed[0].intermediate_values == {1: 1.0}
     study.tell(first[0], 2.0)
-    view = coordination.study_trials(storage, study._study_id)
+    view = VIEWS.study_trials(storage, study._study_id)
     full = storage.get_all_trials(study._study_id, deepcopy=False)
     assert view.originals == len(full)
     assert len(view.completed) == sum(t.state == TrialState.COMPLETE for t in full) == 2
@@ -116,12 +121,12 @@ def test_small_reads_agree_with_optunas_public_api(storage: optuna.storages.Base
     with storage._backend.engine.connect() as conn:  # type: ignore[attr-defined]
         assert optuna_rows.state_and_curve(conn, trial._trial_id)[1] == storage.get_trial(trial._trial_id).intermediate_values
     study.tell(trial, 0.125)
-    view = coordination.study_trials(storage, study._study_id)
+    view = VIEWS.study_trials(storage, study._study_id)
     assert view.completed[-1].intermediate_values == {1: 2.5, 2: float("inf"), 3: float("-inf"), 5: 0.125}
     # A retry (Optuna's RetryHeartbeatStaleTrialCallback marks it with retry_history) is not an original.
     lost = study.ask()
     optuna.storages.RetryFailedTrialCallback()(study, storage.get_trial(lost._trial_id))
-    view = coordination.study_trials(storage, study._study_id)
+    view = VIEWS.study_trials(storage, study._study_id)
     assert view.originals == 2 and view.waiting == 1
 
 
@@ -195,7 +200,7 @@ def test_concurrent_refreshes_end_up_where_one_full_read_does(storage: optuna.st
     overlap and apply in any order, some with older reads than the view already has."""
     backend = storage._backend  # type: ignore[attr-defined]
     study = optuna.create_study(storage=storage, study_name=f"overlap-{uuid.uuid4().hex[:8]}")
-    view = coordination.study_trials(storage, study._study_id)
+    view = VIEWS.study_trials(storage, study._study_id)
     done = threading.Event()
     errors: list[BaseException] = []
 
@@ -227,7 +232,7 @@ def test_concurrent_refreshes_end_up_where_one_full_read_does(storage: optuna.st
     for t in threads:
         t.join()
     assert not errors, errors
-    view = coordination.study_trials(storage, study._study_id)
+    view = VIEWS.study_trials(storage, study._study_id)
     fresh = coordination.StudyTrials(study._study_id)
     fresh.refresh(storage)
     full = storage.get_all_trials(study._study_id, deepcopy=False)

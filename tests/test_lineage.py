@@ -38,7 +38,7 @@ def checkpoint(api: Any, token: str, a: dict[str, Any], step: int, value: float,
 
 def reap(api: Any) -> int:
     runtime = api.app.state.runtime
-    return tick(runtime.sessions, runtime.storage, runtime.settings)
+    return tick(runtime.sessions, runtime.storage, runtime.state, runtime.store, runtime.settings)
 
 
 def trials(api: Any, token: str, name: str) -> list[dict[str, Any]]:
@@ -171,7 +171,7 @@ def test_old_checkpoints_go_except_the_best_trials(short_lease_api: Any, make_to
         api.post(f"/api/v1/trials/{a['trial_id']}/finish", json={"lease_id": a["lease_id"], "state": "complete", "value": value}, headers=auth(token))
     runtime = api.app.state.runtime
     with runtime.sessions.begin() as session:
-        removed = checkpoints.tidy(session, runtime.storage, runtime.settings.model_copy(update={"checkpoint_retention_seconds": 0}))
+        removed = checkpoints.tidy(session, runtime.storage, runtime.state.views, runtime.store, runtime.settings.model_copy(update={"checkpoint_retention_seconds": 0}))
     # Trial 0 finished and is not the best: removed. Trial 1 is the best; trial 2 still runs.
     # (Other tests' old checkpoints in the shared database may go in the same pass.)
     assert removed >= 1
@@ -181,7 +181,7 @@ def test_old_checkpoints_go_except_the_best_trials(short_lease_api: Any, make_to
     # completes (Optuna's read orders the study's trial values).
     from sqlalchemy import event
 
-    from service.engine.storage import backend_of
+    from service.engine.optuna_adapter.internals import backend_of
 
     best_reads: list[str] = []
 
@@ -194,13 +194,13 @@ def test_old_checkpoints_go_except_the_best_trials(short_lease_api: Any, make_to
         tidy = runtime.settings.model_copy(update={"checkpoint_retention_seconds": 0})
         for _ in range(2):
             with runtime.sessions.begin() as session:
-                checkpoints.tidy(session, runtime.storage, tidy)
+                checkpoints.tidy(session, runtime.storage, runtime.state.views, runtime.store, tidy)
         assert best_reads == []
         # Trial 2 completes better than trial 1: trial 1's checkpoint goes at the next tick.
         a = claimed[2]
         api.post(f"/api/v1/trials/{a['trial_id']}/finish", json={"lease_id": a["lease_id"], "state": "complete", "value": 0.05}, headers=auth(token))
         with runtime.sessions.begin() as session:
-            checkpoints.tidy(session, runtime.storage, tidy)
+            checkpoints.tidy(session, runtime.storage, runtime.state.views, runtime.store, tidy)
         assert len(best_reads) == 1
     finally:
         event.remove(backend_of(runtime.storage).engine, "before_cursor_execute", note)

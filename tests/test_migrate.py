@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import optuna
 import psycopg
+import pytest
 
 from tests.conftest import BIN
 from tests.conftest import run_with_database as run
@@ -118,6 +119,54 @@ def test_curve_bests_are_filled_for_curves_stored_before_their_migration(new_dat
     with psycopg.connect(url.replace("postgresql+psycopg", "postgresql")) as conn:
         assert conn.execute("SELECT to_regclass('hpo_curve_bests')").fetchone() == (None,)
     storage.engine.dispose()
+
+
+@pytest.mark.parametrize("lost", ["disabled", "dropped"])
+def test_a_lost_curve_bests_trigger_stops_serve_and_migrate_makes_it_again(new_database: Callable[[], str], lost: str) -> None:
+    """Without its insert trigger hpo_curve_bests goes stale (a value Optuna writes is not in the
+    trial's row, so a report would be judged against an old best): `hpo serve` refuses such a
+    database by the trigger's name, and `hpo migrate` makes the trigger again and forgets the
+    rows it can no longer trust, which the next report's summary aggregates from Optuna's values."""
+    from service.engine.optuna_adapter import rows as optuna_rows
+    from service.migrate import pending_migrations
+    from service.settings import Settings
+
+    url = new_database()
+    assert run(str(BIN / "hpo"), "migrate", url=url).returncode == 0
+    settings = Settings(database_url=url)
+    assert pending_migrations(url, settings) is None
+    plain = url.replace("postgresql+psycopg", "postgresql")
+
+    def kept(trial_id: int) -> tuple | None:
+        with psycopg.connect(plain) as conn:
+            return conn.execute("SELECT finite_min, finite_max FROM hpo_curve_bests WHERE trial_id = %s", (trial_id,)).fetchone()
+
+    storage = optuna.storages.RDBStorage(url)
+    trial = optuna.create_study(storage=storage).ask()
+    trial.report(0.5, 0)
+    assert kept(trial._trial_id) == (0.5, 0.5)
+    with psycopg.connect(plain) as conn:
+        verb = "ALTER TABLE trial_intermediate_values DISABLE TRIGGER" if lost == "disabled" else "DROP TRIGGER"
+        conn.execute(f"{verb} hpo_curve_bests_insert" + (" ON trial_intermediate_values" if lost == "dropped" else ""))
+    trial.report(0.1, 1)
+    assert kept(trial._trial_id) == (0.5, 0.5)  # stale: 0.1 is the best so far
+
+    missing = pending_migrations(url, settings)
+    assert missing is not None and "hpo_curve_bests_insert" in missing and "forget" not in missing
+    refused = run(str(BIN / "hpo"), "serve", "--port", "1", url=url)
+    assert refused.returncode == 2 and "hpo_curve_bests_insert" in refused.stderr and "hpo migrate" in refused.stderr
+
+    assert run(str(BIN / "hpo"), "migrate", url=url).returncode == 0
+    assert pending_migrations(url, settings) is None
+    assert kept(trial._trial_id) is None  # forgotten, not trusted
+    engine = storage.engine
+    with engine.begin() as conn:
+        summary = optuna_rows.insert_values_and_summarize(conn, [(trial._trial_id, 2, 0.3)])[trial._trial_id]
+    assert (summary.best_min, summary.best_max) == (0.1, 0.5)  # aggregated from Optuna's values
+    assert kept(trial._trial_id) == (0.1, 0.5)  # and made again, whole, by the trigger
+    trial.report(0.05, 3)
+    assert kept(trial._trial_id) == (0.05, 0.5)
+    engine.dispose()
 
 
 def test_trials_are_found_through_migration_0007s_indexes(new_database: Callable[[], str]) -> None:

@@ -138,7 +138,7 @@ def test_old_checkpoints_go_except_the_pareto_fronts(api: Any, make_token: Any, 
         assert api.post(f"/api/v1/trials/{a['trial_id']}/finish", json=body, headers=auth(token)).status_code == 200
     runtime = api.app.state.runtime
     with runtime.sessions.begin() as session:
-        checkpoints.tidy(session, runtime.storage, runtime.settings.model_copy(update={"checkpoint_retention_seconds": 0}))
+        checkpoints.tidy(session, runtime.storage, runtime.state.views, runtime.store, runtime.settings.model_copy(update={"checkpoint_retention_seconds": 0}))
     from service.db.models import Checkpoint
 
     with runtime.sessions.begin() as session:

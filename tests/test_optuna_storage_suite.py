@@ -12,7 +12,8 @@ import pytest
 from optuna.storages import BaseStorage
 from optuna.testing.pytest_storages import StorageTestCase
 
-from service.engine.storage import backend_of, make_storage
+from service.engine.optuna_adapter.internals import backend_of
+from service.engine.storage import make_storage
 from service.settings import Settings
 
 

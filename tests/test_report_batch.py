@@ -43,7 +43,9 @@ class _Runtime:
     """What report_batcher.decide reads of the API's runtime."""
 
     def __init__(self, storage: Any, settings: Settings) -> None:
-        self.storage, self.settings = storage, settings
+        from service.engine.state import EngineState
+
+        self.storage, self.settings, self.state = storage, settings, EngineState()
 
 
 def curves(db_url: str, optuna_name: str) -> dict[int, dict[int, float]]:
@@ -125,10 +127,10 @@ def test_a_batch_that_fails_as_a_whole_is_retried_report_by_report(api: Any, mak
 
     whole = engine_reports.report_many
 
-    def broken(session: Any, storage: Any, reports: Any, settings: Any) -> Any:
+    def broken(session: Any, storage: Any, state: Any, reports: Any, settings: Any) -> Any:
         if len(reports) > 1:
             raise RuntimeError("the batch broke")
-        return whole(session, storage, reports, settings)
+        return whole(session, storage, state, reports, settings)
 
     monkeypatch.setattr(engine_reports, "report_many", broken)
     reports: ReportBatcher = api.app.state.reports
@@ -308,7 +310,7 @@ def test_the_database_summarizes_curves_as_curve_summary_does(db_url: str, setti
     those curves from Optuna's table, and its insert builds the row again."""
     import math
 
-    from service.engine import optuna_rows
+    from service.engine.optuna_adapter import rows as optuna_rows
     from service.engine.pruning import CurveSummary
 
     rng = random.Random(seed)

@@ -1,5 +1,5 @@
 """A claim's fresh sampler carries on its study's incremental search space
-(factories.keep_search_spaces) instead of re-reading every trial: the same parameters as a sampler
+(optuna_adapter.internals.keep_search_spaces) instead of re-reading every trial: the same parameters as a sampler
 that starts from scratch, for every sampler kind that infers its space from the trials."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import pytest
 from optuna.search_space import IntersectionSearchSpace
 
 from service.cli.up import demo_definition
-from service.engine.factories import build_sampler, keep_search_spaces, suggest
+from service.engine.factories import build_sampler, suggest
+from service.engine.optuna_adapter.internals import keep_search_spaces
 from service.spec import StudySpec
 
 

@@ -14,7 +14,9 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from service.engine.storage import NumberingRDBStorage, backend_of, make_storage
+from service.engine.optuna_adapter.internals import backend_of
+from service.engine.optuna_adapter.numbering import NumberingRDBStorage
+from service.engine.storage import make_storage
 from service.settings import Settings
 
 

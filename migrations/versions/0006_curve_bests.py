@@ -40,7 +40,7 @@ _MERGE = """
 """
 
 _ON_INSERT = f"""
-CREATE FUNCTION hpo_curve_bests_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION hpo_curve_bests_insert() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE hpo_curve_bests SET
         finite_min = CASE WHEN NEW.intermediate_value_type = 'FINITE' THEN least(finite_min, NEW.intermediate_value) ELSE finite_min END,
@@ -59,7 +59,7 @@ END $$
 """
 
 _ON_CHANGE = """
-CREATE FUNCTION hpo_curve_bests_forget() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION hpo_curve_bests_forget() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     DELETE FROM hpo_curve_bests WHERE trial_id = OLD.trial_id;
     RETURN NULL;
@@ -67,12 +67,33 @@ END $$
 """
 
 _ON_TRUNCATE = """
-CREATE FUNCTION hpo_curve_bests_truncate() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION hpo_curve_bests_truncate() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     DELETE FROM hpo_curve_bests;
     RETURN NULL;
 END $$
 """
+
+
+# The triggers, each with what it runs (`hpo serve` checks that they exist and are enabled:
+# service/migrate.py).
+TRIGGERS = {
+    "hpo_curve_bests_insert": "AFTER INSERT ON trial_intermediate_values FOR EACH ROW",
+    # Only a changed value or step can change the bests; Optuna rewrites a step's value when it
+    # is reported again.
+    "hpo_curve_bests_forget": "AFTER UPDATE OR DELETE ON trial_intermediate_values FOR EACH ROW",
+    "hpo_curve_bests_truncate": "AFTER TRUNCATE ON trial_intermediate_values FOR EACH STATEMENT",
+}
+
+
+def install_triggers(execute) -> None:
+    """The functions and triggers, (re)made; `hpo migrate` calls it again on a database that
+    lost one (service/migrate.py)."""
+    for function in (_ON_INSERT, _ON_CHANGE, _ON_TRUNCATE):
+        execute(function)
+    for name, when in TRIGGERS.items():
+        execute(f"DROP TRIGGER IF EXISTS {name} ON trial_intermediate_values")
+        execute(f"CREATE TRIGGER {name} {when} EXECUTE FUNCTION {name}()")
 
 
 def upgrade() -> None:
@@ -85,23 +106,7 @@ def upgrade() -> None:
         sa.Column('inf_neg', sa.Boolean(), nullable=False),
         sa.PrimaryKeyConstraint('trial_id', name=op.f('pk_hpo_curve_bests')),
     )
-    op.execute(_ON_INSERT)
-    op.execute(_ON_CHANGE)
-    op.execute(_ON_TRUNCATE)
-    op.execute(
-        "CREATE TRIGGER hpo_curve_bests_insert AFTER INSERT ON trial_intermediate_values"
-        " FOR EACH ROW EXECUTE FUNCTION hpo_curve_bests_insert()"
-    )
-    # Only a changed value or step can change the bests; Optuna rewrites a step's value when it
-    # is reported again.
-    op.execute(
-        "CREATE TRIGGER hpo_curve_bests_forget AFTER UPDATE OR DELETE ON trial_intermediate_values"
-        " FOR EACH ROW EXECUTE FUNCTION hpo_curve_bests_forget()"
-    )
-    op.execute(
-        "CREATE TRIGGER hpo_curve_bests_truncate AFTER TRUNCATE ON trial_intermediate_values"
-        " FOR EACH STATEMENT EXECUTE FUNCTION hpo_curve_bests_truncate()"
-    )
+    install_triggers(op.execute)
     # The curves stored before this migration (the triggers already hold the table's writers,
     # so none is missed between the two).
     op.execute(

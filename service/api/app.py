@@ -25,7 +25,8 @@ from service.api.request_guard import RequestGuard
 from service.db.session import make_engine, make_sessionmaker, ping
 from service.engine.checkpoints import artifact_store
 from service.engine.reaper import Reaper
-from service.engine.storage import backend_of, make_storage
+from service.engine.state import EngineState
+from service.engine.storage import database_engine, make_storage
 from service.settings import Settings, get_settings
 
 
@@ -34,13 +35,16 @@ def build_runtime(settings: Settings) -> Runtime:
         raise RuntimeError("HPO_DATABASE_URL is not set; `hpo serve` sets it (or starts the embedded database)")
     engine = make_engine(settings.database_url, settings)
     storage = make_storage(settings.database_url, settings)
-    for pool in (engine, backend_of(storage).engine):
+    state = EngineState()
+    for pool in (engine, database_engine(storage) or engine):
         instruments.watch_pool(pool, settings.pool_size + settings.max_overflow)
+        state.outages.watch(pool)
     return Runtime(
         settings=settings,
         engine=engine,
         sessions=make_sessionmaker(engine),
         storage=storage,
+        state=state,
         store=artifact_store(settings),
         renders=threading.BoundedSemaphore(settings.render_concurrency),
     )
@@ -111,7 +115,7 @@ def create_app(settings: Settings | None = None, *, report_fast_path: bool = Tru
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = app.state.runtime = build_runtime(settings)
         reports = app.state.reports = ReportBatcher(runtime)
-        reaper = Reaper(runtime.sessions, runtime.storage, settings)
+        reaper = Reaper(runtime.sessions, runtime.storage, runtime.state, runtime.store, settings)
         reaper.start()
         try:
             yield

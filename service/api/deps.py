@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.teams import Principal, authenticate
 from service.engine.checkpoints import ArtifactStore
+from service.engine.state import EngineState
 from service.engine.storage import Storage
 from service.errors import Forbidden, ServiceUnavailable, Unauthorized
 from service.settings import Settings
@@ -35,6 +36,8 @@ class Runtime:
     engine: Engine
     sessions: sessionmaker[Session]
     storage: Storage
+    # The studies' trial views and definitions, and when the database was last away.
+    state: EngineState
     store: ArtifactStore
     # Turns at drawing plots and reports (settings.render_concurrency): see `drawing`.
     renders: threading.BoundedSemaphore

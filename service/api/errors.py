@@ -12,7 +12,6 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from service.engine.reaper import outages
 from service.engine.storage import DATABASE_ERRORS, database_down, transaction_conflict
 from service.errors import ServiceError, ServiceUnavailable
 
@@ -61,7 +60,6 @@ def error_response(exc: BaseException, method: str, path: str) -> JSONResponse:
             return error_response(ServiceUnavailable("a concurrent request conflicted; retry"), method, path)
         if database_down(exc):
             log.warning("database unavailable during %s %s: %s", method, path, type(exc).__name__)
-            outages.note()
             return error_response(ServiceUnavailable("the database is unavailable; retry shortly"), method, path)
     log.error("unexpected error in %s %s", method, path, exc_info=exc)
     return JSONResponse(_body("internal_error", type(exc).__name__), status_code=500)

@@ -77,7 +77,7 @@ def decide(session: Session, runtime: Runtime, reports: Sequence[PendingReport])
             outcomes[i] = exc
         else:
             allowed.append((i, caller))
-    decided = engine_reports.report_many(session, runtime.storage, [(c.team, reports[i].report) for i, c in allowed], runtime.settings)
+    decided = engine_reports.report_many(session, runtime.storage, runtime.state, [(c.team, reports[i].report) for i, c in allowed], runtime.settings)
     for (i, _), outcome in zip(allowed, decided, strict=True):
         outcomes[i] = outcome
     return outcomes  # type: ignore[return-value]

@@ -23,7 +23,7 @@ def enqueue_trials(name: str, body: EnqueueRequest, runtime: RuntimeDep, caller:
     sampled ones, checked against the space, counted in n_trials. Role: member or admin."""
     with runtime.transaction() as session:
         record = studies.get(session, caller.team, name, lock=True)
-        numbers = lifecycle.enqueue(session, runtime.storage, record, [t.params for t in body.trials])
+        numbers = lifecycle.enqueue(session, runtime.storage, runtime.state.views, record, [t.params for t in body.trials])
         audit_write(session, caller, "study.enqueue", record.name, optuna_name=record.optuna_name, numbers=numbers)
         return {"numbers": numbers}
 
@@ -38,7 +38,7 @@ def update_study(name: str, patch: StudyPatch, runtime: RuntimeDep, caller: Mana
     with runtime.transaction() as session:
         record = studies.get(session, caller.team, name, lock=True)
         before = {"budget": dict(record.spec.get("budget", {})), "stopped": record.stopped}
-        lifecycle.update(session, runtime.storage, record, budget, patch.stopped)
+        lifecycle.update(session, runtime.storage, runtime.state.views, record, budget, patch.stopped)
         audit_write(session, caller, "study.update", record.name, optuna_name=record.optuna_name, before=before, change=patch.model_dump(mode="json", exclude_none=True, exclude=set(patch.model_extra or {})))
         session.flush()
         return studies.summary(session, runtime.storage, record)

@@ -47,7 +47,7 @@ _LEASE_LOST = {409: {"description": "the lease is not the trial's current lease;
 async def claim(body: ClaimRequest, runtime: RuntimeDep, call: WorkerCall) -> Any:
     def work(caller: Principal, session: Session) -> Assignment | None:
         studies = team_claims.candidates(session, runtime.storage, caller.team, body.studies)
-        return team_claims.claim_any(session, runtime.storage, studies, body.worker_id, runtime.settings)
+        return team_claims.claim_any(session, runtime.storage, runtime.state, studies, body.worker_id, runtime.settings)
 
     assignment = await call.run(work)
     metrics.CLAIMS.labels(outcome="no_work" if assignment is None else "assigned").inc()
@@ -165,7 +165,7 @@ async def checkpoint(
         def _save() -> bool:
             with runtime.transaction() as session:
                 one = reports.Report(trial_id, lease_id or "", step, value)
-                return reports.checkpoint(session, runtime.storage, runtime.store, caller.team, one, spool, size, runtime.settings)
+                return reports.checkpoint(session, runtime.storage, runtime.state, runtime.store, caller.team, one, spool, size, runtime.settings)
 
         prune = await run_in_threadpool(_save)
         metrics.reported(prunes=int(prune))

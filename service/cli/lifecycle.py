@@ -1,6 +1,6 @@
 """`hpo enqueue|extend|resume|clone`: a study after it was created, from the shell.
 
-Through hpo_client.Client and service.cli.studies.connect, so the server, the token and the
+Through hpo_client.Client and service.cli.connection.connect, so the server, the token and the
 service's errors are handled as by the other study commands."""
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import yaml
 from rich.markup import escape
 
 from hpo_client.models import Study
-from service.cli.studies import NameArgument, ServerOption, TokenOption, _fail, _stdout, connect
+from service.cli.connection import NameArgument, ServerOption, TokenOption, connect
+from service.cli.output import _fail, _stdout
 
 # PyYAML reads YAML 1.1, where a number with an exponent and no dot (1e-3) is a string; in a
 # --set value it means the number, as it would in YAML 1.2 or JSON.

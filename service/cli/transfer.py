@@ -9,7 +9,8 @@ import typer
 from rich.markup import escape
 
 from hpo_client.models import StudyImported
-from service.cli.studies import NameArgument, ServerOption, TokenOption, _fail, _stdout, _write, connect
+from service.cli.connection import NameArgument, ServerOption, TokenOption, connect
+from service.cli.output import _fail, _stdout, _write
 
 
 def export(

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from service.db import studies as study_rows
 from service.db.models import StudyRecord
-from service.engine import optuna_rows
+from service.engine.optuna_adapter import rows as optuna_rows
 from service.spec import StudySpec
 
 COMPUTE = ("max_epochs", "max_seconds", "until")

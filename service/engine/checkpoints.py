@@ -4,7 +4,6 @@ one up its lineage (Optuna's retry_history)."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import uuid
 from collections.abc import Sequence
@@ -19,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from service.db import studies as study_rows
 from service.db.models import Checkpoint, Lease, StudyRecord
-from service.engine import coordination
+from service.engine.coordination import TrialViews
 from service.engine.storage import optuna_errors
 from service.settings import Settings, artifact_dir
 
@@ -28,18 +27,13 @@ log = logging.getLogger("hpo.checkpoints")
 ArtifactStore = FileSystemArtifactStore | Boto3ArtifactStore
 
 
-@functools.lru_cache(maxsize=4)
-def _store(directory: str, bucket: str | None) -> ArtifactStore:
-    if bucket:
-        return Boto3ArtifactStore(bucket)  # needs boto3 and AWS credentials in the environment
-    from pathlib import Path
-
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    return FileSystemArtifactStore(directory)
-
-
 def artifact_store(settings: Settings) -> ArtifactStore:
-    return _store(str(artifact_dir(settings)), settings.artifact_s3_bucket)
+    """The checkpoint store of the settings: one per process (the API's Runtime holds it)."""
+    if settings.artifact_s3_bucket:
+        return Boto3ArtifactStore(settings.artifact_s3_bucket)  # needs boto3 and AWS credentials in the environment
+    directory = artifact_dir(settings)
+    directory.mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(str(directory))
 
 
 def save(session: Session, store: ArtifactStore, lease: Lease, step: int, data: BinaryIO, size: int) -> None:
@@ -94,10 +88,9 @@ def _remove(store: ArtifactStore, artifact_id: str) -> None:
         pass
 
 
-def tidy(session: Session, storage: BaseStorage, settings: Settings) -> int:
+def tidy(session: Session, storage: BaseStorage, views: TrialViews, store: ArtifactStore, settings: Settings) -> int:
     """Remove checkpoints of deleted studies, and of trials finished longer ago than the
     retention, except each study's best trials' (one, or a multi-objective study's Pareto front)."""
-    store = artifact_store(settings)
     cutoff = study_rows.now(session) - timedelta(seconds=settings.checkpoint_retention_seconds)
     rows = session.scalars(
         select(Checkpoint).where(or_(Checkpoint.study_id.is_(None), Checkpoint.updated_at < cutoff)).with_for_update(skip_locked=True)
@@ -115,8 +108,8 @@ def tidy(session: Session, storage: BaseStorage, settings: Settings) -> int:
                 if row.study_id not in best:
                     # The flat view reads a study's best again only after a trial has completed:
                     # every tick asks, for every study whose best keeps an old checkpoint.
-                    study_id = coordination.optuna_study_id(storage, record.id, record.optuna_name)
-                    best[row.study_id] = coordination.best_trial_ids(storage, study_id)
+                    study_id = views.optuna_study_id(storage, record.id, record.optuna_name)
+                    best[row.study_id] = views.best_trial_ids(storage, study_id)
             if row.trial_id in best[row.study_id]:
                 continue
         _remove(store, row.artifact_id)

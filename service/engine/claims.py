@@ -17,18 +17,22 @@ from sqlalchemy.orm import Session
 
 from service.db import studies as study_rows
 from service.db.models import Lease
-from service.engine import budgets, checkpoints, coordination, optuna_rows
+from service.engine import budgets, checkpoints
+from service.engine.optuna_adapter import rows as optuna_rows
+from service.engine.optuna_adapter.internals import created_trial
+from service.engine.optuna_adapter.internals import trial_id as trial_id_of
 from service.engine.factories import load_study, suggest
 from service.engine.lr_analysis import effective_spec
 from service.engine.reaper import reap_study
 from service.engine.storage import optuna_errors
+from service.engine.state import EngineState
 from service.engine.studies import spec_of
 from service.settings import Settings
 from service.spec import Assignment
 
 
 def try_claim(
-    session: Session, storage: BaseStorage, study_id: int, worker_id: str, settings: Settings
+    session: Session, storage: BaseStorage, state: EngineState, study_id: int, worker_id: str, settings: Settings
 ) -> Assignment | None:
     record = study_rows.lock_study(session, study_id)
     if record is None or record.stopped:
@@ -37,7 +41,7 @@ def try_claim(
     running, expired = study_rows.open_lease_state(session, record.id)
     if expired:
         # Only then can a trial be stale; the background reaper covers the rest (orphans).
-        reap_study(session, storage, record)
+        reap_study(session, storage, state, record)
         running = study_rows.running_count(session, record.id)
     narrowed = effective_spec(session, storage, record, spec)
     if narrowed is None:
@@ -50,8 +54,8 @@ def try_claim(
     conn = session.connection()
     with optuna_errors():
         # Incremental (coordination.py): the new and the unfinished trials, not all of them.
-        study_id = coordination.optuna_study_id(storage, record.id, record.optuna_name)
-        known = coordination.study_trials(storage, study_id, conn=conn)
+        study_id = state.views.optuna_study_id(storage, record.id, record.optuna_name)
+        known = state.views.study_trials(storage, study_id, conn=conn)
     started = known.originals
     if started >= spec.budget.n_trials and not known.waiting:
         return None
@@ -70,12 +74,13 @@ def try_claim(
         params = suggest(trial, spec)
         # In this transaction (optuna_rows), not through the storage: two statements, not two
         # round trips of checkout, reads and commit each.
-        optuna_rows.set_user_attrs(conn, trial._trial_id, {"worker_id": worker_id})
-        optuna_rows.record_heartbeat(conn, trial._trial_id)
+        trial_id = trial_id_of(trial)
+        optuna_rows.set_user_attrs(conn, trial_id, {"worker_id": worker_id})
+        optuna_rows.record_heartbeat(conn, trial_id)
         # The trial as Trial() read it when ask() made it (a retry's lineage is copied in at
         # creation); asking the storage again would read the whole trial a second time.
-        frozen = getattr(trial, "_cached_frozen_trial", None)
-        attrs = frozen.system_attrs if frozen is not None else storage.get_trial_system_attrs(trial._trial_id)
+        frozen = created_trial(trial)
+        attrs = frozen.system_attrs if frozen is not None else storage.get_trial_system_attrs(trial_id)
         history = list(attrs.get("retry_history", []))
     retry_of = history[-1] if history else None
     workload = spec.workload
@@ -83,7 +88,7 @@ def try_claim(
         # A sweep's seed axis: the workload's seed, moved per run (data split, init, shuffle).
         workload = workload.model_copy(update={"seed": workload.seed + int(params.pop("seed"))})
     lease = Lease(
-        trial_id=trial._trial_id,
+        trial_id=trial_id,
         study_id=record.id,
         team_id=record.team_id,
         number=trial.number,

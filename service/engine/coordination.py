@@ -23,27 +23,16 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna.storages import BaseStorage, RDBStorage
-from optuna.storages._rdb import models as rdb_models
+from optuna.storages import BaseStorage
 from optuna.trial import TrialState
-from sqlalchemy import Integer, any_, bindparam, or_, select
-from sqlalchemy.dialects.postgresql import ARRAY
 
-from service.engine import optuna_rows
+from service.engine.optuna_adapter import reads as optuna_reads
+from service.engine.optuna_adapter.internals import trial_id as trial_id_of
 from service.engine.pruning import AtStep
-from service.engine.storage import CARRIED_KEY, backend_of
+from service.engine.storage import CARRIED_KEY, database_engine
 
-# Studies whose trials one API process keeps; the least recently used beyond that are dropped
-# (and rebuilt, with one full read, when used again).
+# Studies whose trials one API process keeps (TrialViews).
 MAX_STUDIES = 256
-
-# Optuna's own tables, read directly for the small reads below. They are private to Optuna, so its
-# version is pinned (constraints.txt), and tests/test_coordination.py checks what is read here
-# against Optuna's public API.
-_TRIALS = optuna_rows.TRIALS
-_SYSTEM_ATTRS = rdb_models.TrialSystemAttributeModel.__table__
-_VALUES = optuna_rows.VALUES
-
 
 @dataclass
 class _Completed:
@@ -82,41 +71,33 @@ class StudyTrials:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def refresh(self, storage: BaseStorage) -> None:
-        backend = backend_of(storage)
-        if isinstance(backend, RDBStorage):
-            with backend.engine.connect() as conn:
+        engine = database_engine(storage)
+        if engine is not None:
+            with engine.connect() as conn:
                 self.refresh_on(conn)
             return
         with self.lock:
             for t in storage.get_all_trials(self.study_id, deepcopy=False):
-                if not self._known(t._trial_id) or t._trial_id in self.unfinished:
+                trial_id = trial_id_of(t)
+                if not self._known(trial_id) or trial_id in self.unfinished:
                     retry = bool(t.system_attrs.get("retry_history")) or CARRIED_KEY in t.system_attrs
-                    self._note(t._trial_id, t.state, retry, t.intermediate_values)
+                    self._note(trial_id, t.state, retry, t.intermediate_values)
 
     def refresh_on(self, conn: Any) -> None:
         """Three small reads: (id, state) of the new and the unfinished trials, which of the
         new ones are retries, and the curves of those that completed since the last refresh.
         Whole trials (params, attributes) are never read here. Takes `lock` only around the
         bookkeeping, not the reads: concurrent reports of one study don't queue on it."""
-        trials, system_attrs = _TRIALS.c, _SYSTEM_ATTRS.c
         with self.lock:
             self._started += 1
             started, seen, unfinished = self._started, self.max_trial_id, list(self.unfinished)
-        fresh = trials.trial_id > seen
-        if unfinished:
-            # = ANY(array): one cached statement whatever the number of ids (IN renders each).
-            fresh = or_(fresh, trials.trial_id == any_(_ids(unfinished)))
-        rows = conn.execute(select(trials.trial_id, trials.state).where(trials.study_id == self.study_id, fresh)).all()
+        rows = optuna_reads.trial_states(conn, self.study_id, after=seen, also=unfinished)
         with self.lock:
             new = [trial_id for trial_id, _ in rows if not self._known(trial_id)]
             ending = [t for t, s in rows if s == TrialState.COMPLETE and (t in new or t in self.unfinished)]
-        retries: set[int] = set()
-        if new:
-            # Carried-in trials are no lineage of this study's either (the budget's count).
-            keys = system_attrs.key.in_(("retry_history", CARRIED_KEY))
-            retried = select(system_attrs.trial_id).where(system_attrs.trial_id == any_(_ids(new)), keys)
-            retries = set(conn.scalars(retried))
-        curves = _curves(conn, ending)
+        # Carried-in trials are no lineage of this study's either (the budget's count).
+        retries = optuna_reads.with_system_attr(conn, new, ("retry_history", CARRIED_KEY))
+        curves = optuna_reads.curves(conn, ending)
         with self.lock:
             stale = started < self._applied
             self._applied = max(self._applied, started)
@@ -161,100 +142,72 @@ class StudyTrials:
             return sum(1 for s in self.unfinished.values() if s == TrialState.WAITING)
 
 
-def _ids(trial_ids: list[int]) -> Any:
-    return bindparam("trial_ids", trial_ids, type_=ARRAY(Integer))
+class TrialViews:
+    """One process's trial views, of the studies of its one database, the least recently used
+    beyond MAX_STUDIES dropped (and rebuilt, with one full read, when used again). Held by the
+    process's EngineState (service/engine/state.py), never in a module global: tests run several
+    databases in one process, each with its own."""
 
-
-def _curves(conn: Any, trial_ids: list[int]) -> dict[int, dict[int, float]]:
-    curves: dict[int, dict[int, float]] = {trial_id: {} for trial_id in trial_ids}
-    if trial_ids:
-        v = _VALUES.c
-        query = select(v.trial_id, v.step, v.intermediate_value, v.intermediate_value_type).where(v.trial_id == any_(_ids(trial_ids)))
-        for trial_id, step, stored, kind in conn.execute(query):
-            curves[trial_id][step] = rdb_models.TrialIntermediateValueModel.stored_repr_to_intermediate_value(stored, kind)
-    return curves
-
-
-def _database(storage: BaseStorage) -> str:
-    """Which database a storage reads: the registry's key next to the study, since tests run
-    several databases in one process (and an id() of a storage may be reused after it is gone)."""
-    backend = backend_of(storage)
-    engine = getattr(backend, "engine", None)
-    return str(engine.url) if engine is not None else f"storage-{id(storage)}"
-
-
-class _Registry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._studies: OrderedDict[tuple[str, int], StudyTrials] = OrderedDict()
-        self._study_ids: OrderedDict[tuple[str, int], int] = OrderedDict()
+        self._studies: OrderedDict[int, StudyTrials] = OrderedDict()
+        self._study_ids: OrderedDict[int, int] = OrderedDict()
 
-    def get(self, storage: BaseStorage, study_id: int, *, refresh: bool = True) -> StudyTrials:
-        key = (_database(storage), study_id)
+    def _entry(self, study_id: int) -> StudyTrials:
         with self._lock:
-            entry = self._studies.get(key)
+            entry = self._studies.get(study_id)
             if entry is None:
-                entry = self._studies[key] = StudyTrials(study_id)
-            self._studies.move_to_end(key)
+                entry = self._studies[study_id] = StudyTrials(study_id)
+            self._studies.move_to_end(study_id)
             while len(self._studies) > MAX_STUDIES:
                 self._studies.popitem(last=False)
-        if refresh:
-            entry.refresh(storage)
         return entry
 
-    def study_id(self, storage: BaseStorage, record_id: int, optuna_name: str) -> int:
-        key = (_database(storage), record_id)
+    def study_trials(self, storage: BaseStorage, study_id: int, *, conn: Any = None) -> StudyTrials:
+        """The study's trials as of now (refreshed; on `conn`, the caller's connection, if given)."""
+        trials = self._entry(study_id)
+        if conn is None or database_engine(storage) is None:
+            trials.refresh(storage)
+        else:
+            trials.refresh_on(conn)
+        return trials
+
+    def best_trial_ids(self, storage: BaseStorage, study_id: int) -> frozenset[int]:
+        """The ids of the study's best COMPLETE trials: Optuna's get_best_trial, or a
+        multi-objective study's Pareto front (best_trials); none before one completes. Optuna
+        reads them from every complete trial of the study; they are read again only once another
+        trial has completed since, so a caller that asks on every reaper tick (the checkpoint
+        tidy) pays for it once per completion, not once per tick."""
+        trials = self.study_trials(storage, study_id)
+        with trials.lock:
+            completed, known = len(trials.completed), trials.best
+        if known is not None and known[0] == completed:
+            return known[1]
+        best: frozenset[int]
+        if len(storage.get_study_directions(study_id)) > 1:
+            study = optuna.load_study(study_name=storage.get_study_name_from_id(study_id), storage=storage)
+            best = frozenset(trial_id_of(t) for t in study.best_trials)
+        else:
+            try:
+                best = frozenset({trial_id_of(storage.get_best_trial(study_id))})
+            except ValueError:  # no complete trial yet
+                best = frozenset()
+        with trials.lock:
+            # A trial that completed after the count above may be in `best` already: kept with
+            # the older count, the next call reads it again, which costs a read and is never wrong.
+            trials.best = (completed, best)
+        return best
+
+    def optuna_study_id(self, storage: BaseStorage, record_id: int, optuna_name: str) -> int:
+        """Optuna's id of one of our study records' study. Keyed by our record's id, which a
+        study deleted and created again under the same name does not keep: the mapping cannot
+        go stale."""
         with self._lock:
-            found = self._study_ids.get(key)
+            found = self._study_ids.get(record_id)
         if found is None:
             found = storage.get_study_id_from_name(optuna_name)
             with self._lock:
-                self._study_ids[key] = found
+                self._study_ids[record_id] = found
                 while len(self._study_ids) > 4 * MAX_STUDIES:
                     self._study_ids.popitem(last=False)
         return found
-
-
-_registry = _Registry()
-
-
-def study_trials(storage: BaseStorage, study_id: int, *, conn: Any = None) -> StudyTrials:
-    """The study's trials as of now (refreshed; on `conn`, the caller's connection, if given)."""
-    if conn is None or not isinstance(backend_of(storage), RDBStorage):
-        return _registry.get(storage, study_id)
-    trials = _registry.get(storage, study_id, refresh=False)
-    trials.refresh_on(conn)
-    return trials
-
-
-def best_trial_ids(storage: BaseStorage, study_id: int) -> frozenset[int]:
-    """The ids of the study's best COMPLETE trials: Optuna's get_best_trial, or a multi-objective
-    study's Pareto front (best_trials); none before one completes. Optuna reads them from every
-    complete trial of the study; they are read again only once another trial has completed
-    since, so a caller that asks on every reaper tick (the checkpoint tidy) pays for it once per
-    completion, not once per tick."""
-    trials = study_trials(storage, study_id)
-    with trials.lock:
-        completed, known = len(trials.completed), trials.best
-    if known is not None and known[0] == completed:
-        return known[1]
-    best: frozenset[int]
-    if len(storage.get_study_directions(study_id)) > 1:
-        study = optuna.load_study(study_name=storage.get_study_name_from_id(study_id), storage=storage)
-        best = frozenset(t._trial_id for t in study.best_trials)
-    else:
-        try:
-            best = frozenset({storage.get_best_trial(study_id)._trial_id})
-        except ValueError:  # no complete trial yet
-            best = frozenset()
-    with trials.lock:
-        # A trial that completed after the count above may be in `best` already: kept with the
-        # older count, the next call reads it again, which costs a read and is never wrong.
-        trials.best = (completed, best)
-    return best
-
-
-def optuna_study_id(storage: BaseStorage, record_id: int, optuna_name: str) -> int:
-    """Optuna's id of one of our study records' study. Keyed by our record's id, which a study
-    deleted and created again under the same name does not keep: the mapping cannot go stale."""
-    return _registry.study_id(storage, record_id, optuna_name)

@@ -4,16 +4,14 @@ API process rebuilds them here, from the same spec, in one place."""
 from __future__ import annotations
 
 import importlib.util
-import math
 import warnings
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import optuna
-from optuna.search_space import IntersectionSearchSpace
-from optuna.search_space.group_decomposed import _GroupDecomposedSearchSpace
 
+from service.engine.optuna_adapter.grid import BudgetedGridSampler
+from service.engine.optuna_adapter.internals import keep_search_spaces
 from service.errors import InvalidRequest
 from service.spec import CategoricalParam, ConditionalParam, FloatParam, IntParam, StudySpec, active_order, defaults_for
 from service.spec.pruners import (
@@ -100,55 +98,6 @@ def _grid(spec: StudySpec) -> dict[str, list[Any]]:
     return grid
 
 
-class _ShuffledProduct(Sequence[tuple[Any, ...]]):
-    """Optuna's GridSampler keeps `list(itertools.product(*axes))`, shuffled by its seed, and
-    builds it on every claim here (a sampler per claim): the review's grid of 10^9 points
-    OOM-killed the API. This is the same sequence, point for point, without the points: a
-    shuffled order of their indices (8 bytes a point), each point decoded when it is asked for.
-    numpy's shuffle draws the same numbers for an index array as for a list of that length."""
-
-    def __init__(self, axes: list[list[Any]], rng: np.random.RandomState) -> None:
-        self._axes = axes
-        self._order = np.arange(math.prod(len(a) for a in axes), dtype=np.int64)
-        rng.shuffle(self._order)
-
-    def __len__(self) -> int:
-        return len(self._order)
-
-    def __getitem__(self, i: Any) -> Any:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        index = int(self._order[i])
-        point = []
-        # itertools.product's order: the last axis changes fastest.
-        for values in reversed(self._axes):
-            index, at = divmod(index, len(values))
-            point.append(values[at])
-        return tuple(reversed(point))
-
-
-class _BudgetedGridSampler(optuna.samplers.GridSampler):
-    """Optuna's GridSampler on an indexed grid, leaving the end of the study to the budget.
-
-    GridSampler calls study.stop() once the grid is used up, which only works inside
-    study.optimize(); here it would turn the finish of the last grid point into an error."""
-
-    def __init__(self, search_space: dict[str, list[Any]], seed: int) -> None:
-        # Optuna's own set-up on an empty grid (one point, whose shuffle draws nothing): its
-        # checks and its seeded random state, which then shuffles the real grid's order.
-        super().__init__({}, seed=seed)
-        for name, values in search_space.items():
-            for value in values:
-                self._check_value(name, value)
-        self._search_space = {name: list(values) for name, values in sorted(search_space.items())}
-        self._param_names = sorted(search_space)
-        self._all_grids = _ShuffledProduct(list(self._search_space.values()), self._rng.rng)  # type: ignore[assignment]
-        self._n_min_trials = len(self._all_grids)
-
-    def after_trial(self, study: optuna.Study, trial: Any, state: Any, values: Any) -> None:
-        pass
-
-
 def check_buildable(spec: StudySpec) -> None:
     """What the definition cannot say about this process: a GP sampler fits with torch, which the
     API image leaves out unless it is built with the `gp` extra (README, Samplers)."""
@@ -191,7 +140,7 @@ def _sampler(spec: StudySpec, n_claimed: int) -> optuna.samplers.BaseSampler:
     if s.kind == "grid":
         # Like QMC, the grid's order is keyed by the seed: a seed that moved per claim would
         # reshuffle it and hand out the same point twice.
-        return _BudgetedGridSampler(_grid(spec), seed=s.seed if s.seed is not None else 0)
+        return BudgetedGridSampler(_grid(spec), seed=s.seed if s.seed is not None else 0)
     if s.kind == "qmc":
         return optuna.samplers.QMCSampler(seed=s.seed if s.seed is not None else 0, warn_independent_sampling=False)
     if s.kind == "cmaes":
@@ -274,26 +223,3 @@ def load_study(
     if search_spaces is not None:
         keep_search_spaces(sampler, search_spaces)
     return optuna.load_study(study_name=optuna_name, storage=storage, sampler=sampler, pruner=build_pruner(spec))
-
-
-# Optuna's incremental search spaces: each remembers the trial number up to which it has read the
-# study (the first unfinished trial stops it) and reads only the trials after it on the next call.
-_INCREMENTAL = (IntersectionSearchSpace, _GroupDecomposedSearchSpace)
-
-
-def keep_search_spaces(sampler: optuna.samplers.BaseSampler, kept: dict[str, Any]) -> None:
-    """Give a claim's new sampler the search spaces its study's earlier claims built, in place of
-    its own empty ones (`kept`: one study's, filled on first use).
-
-    Multivariate TPE (Optuna 5's default), GP, CMA-ES and NSGA-II/III infer the space from the
-    trials, in one of Optuna's incremental objects. A sampler rebuilt for every claim (build_sampler)
-    would start it empty and walk every trial of the study on each claim: at 10,000 trials that
-    was a quarter of a TPE claim (docs/benchmarks.md, section a), where raw Optuna, whose sampler
-    lives as long as its study, reads the trials since the last one. The object depends only on
-    the study's finished trials, which never change, so any claim may carry it on; a study's
-    claims are serialized by its row lock (claims.try_claim), so two never use it at once. Keyed
-    by sampler class and attribute, as each class builds its own (TPE counts pruned trials in,
-    the others do not)."""
-    for name, value in list(vars(sampler).items()):
-        if isinstance(value, _INCREMENTAL):
-            setattr(sampler, name, kept.setdefault(f"{type(sampler).__name__}.{name}", value))

@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session
 
 from service.db import studies as study_rows
 from service.db.teams import teams_with_studies
-from service.engine import optuna_rows, queue
+from service.engine import queue
+from service.engine.optuna_adapter import rows as optuna_rows
 
 
 @dataclass

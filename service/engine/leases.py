@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from service.db import studies as study_rows
 from service.db.models import Lease, StudyRecord, Team
-from service.engine import optuna_rows
+from service.engine.optuna_adapter import rows as optuna_rows
 from service.errors import Gone, LeaseLost, NotFound
 from service.settings import Settings
 

@@ -14,7 +14,8 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.orm import Session
 
 from service.db.models import StudyRecord, Team
-from service.engine import coordination, studies
+from service.engine import studies
+from service.engine.coordination import TrialViews
 from service.engine.factories import distributions_for
 from service.engine.storage import CARRIED_KEY, optuna_errors
 from service.errors import InvalidRequest
@@ -25,7 +26,7 @@ PATCHABLE = ("budget", "stopped")
 CLONE_HINT = "clone it with the change instead: POST /api/v1/studies/{name}/clone"
 
 
-def enqueue(session: Session, storage: BaseStorage, record: StudyRecord, params_list: list[dict[str, Any]]) -> list[int]:
+def enqueue(session: Session, storage: BaseStorage, views: TrialViews, record: StudyRecord, params_list: list[dict[str, Any]]) -> list[int]:
     """Trials with these params, claimed before any sampled one (Optuna's enqueue_trial: WAITING
     trials with fixed params; a claim pops the oldest first). Params left out are sampled. They
     count against n_trials like any trial handed out. Returns their numbers."""
@@ -38,7 +39,7 @@ def enqueue(session: Session, storage: BaseStorage, record: StudyRecord, params_
             checked.append(spec.check_params(params, where=f"trials.{i}.params"))
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from exc
-    started = _started(session, storage, record)
+    started = _started(session, storage, views, record)
     if started + len(checked) > spec.budget.n_trials:
         raise InvalidRequest(
             f"budget.n_trials: {started} of the study's {spec.budget.n_trials} trials are handed out or queued, "
@@ -54,12 +55,12 @@ def enqueue(session: Session, storage: BaseStorage, record: StudyRecord, params_
     return numbers
 
 
-def _started(session: Session, storage: BaseStorage, record: StudyRecord) -> int:
+def _started(session: Session, storage: BaseStorage, views: TrialViews, record: StudyRecord) -> int:
     """The trials handed out or queued, as the claims count them: the flat view's originals
     (read incrementally, on this transaction's connection), not a read of every trial."""
     with optuna_errors():
-        study_id = coordination.optuna_study_id(storage, record.id, record.optuna_name)
-        view = coordination.study_trials(storage, study_id, conn=session.connection())
+        study_id = views.optuna_study_id(storage, record.id, record.optuna_name)
+        view = views.study_trials(storage, study_id, conn=session.connection())
     with view.lock:
         return view.originals
 
@@ -79,7 +80,7 @@ def refuse_fixed_fields(name: str, body: dict[str, Any]) -> None:
 
 
 def update(
-    session: Session, storage: BaseStorage, record: StudyRecord, budget: dict[str, int] | None, stopped: bool | None
+    session: Session, storage: BaseStorage, views: TrialViews, record: StudyRecord, budget: dict[str, int] | None, stopped: bool | None
 ) -> None:
     """Raise (or lower, down to what is handed out) the budgets, change max_concurrent, and
     stop or resume: a resumed study's claims go on until its (raised) n_trials is reached."""
@@ -90,7 +91,7 @@ def update(
         data = spec.model_dump(mode="json")
         data["budget"].update(budget)
         changed = StudySpec.model_validate(data)  # a ValidationError is the API's 422, naming the field
-        started = _started(session, storage, record)
+        started = _started(session, storage, views, record)
         if changed.budget.n_trials < started:
             raise InvalidRequest(f"budget.n_trials: {started} trials are handed out or queued already; at least {started}")
         record.spec = changed.model_dump(mode="json")

@@ -13,6 +13,7 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
+from service.engine.optuna_adapter.internals import auto_resource
 from service.errors import Conflict
 
 # An "auto" resource, once Optuna's pruner has worked it out: a pruner that lives through a
@@ -35,20 +36,11 @@ def report_committed(storage: BaseStorage, trial_id: int, step: int, value: floa
 def should_prune(storage: BaseStorage, study_id: int, pruner: optuna.pruners.BasePruner, trial_id: int) -> bool:
     """trial.should_prune() itself: the pruner on the study and trial as the storage has them."""
     study = optuna.load_study(study_name=storage.get_study_name_from_id(study_id), storage=storage, pruner=pruner)
-    auto = _auto_resource(pruner)
+    auto = auto_resource(pruner)
     known = storage.get_study_system_attrs(study_id).get(AUTO_RESOURCE_KEY) if auto else None
     if auto and known is not None:
-        setattr(pruner, auto, known)
+        auto.set(known)
     decision = pruner.prune(study, storage.get_trial(trial_id))
-    if auto and known is None and isinstance(getattr(pruner, auto), int):
-        storage.set_study_system_attr(study_id, AUTO_RESOURCE_KEY, getattr(pruner, auto))
+    if auto and known is None and (estimate := auto.estimate()) is not None:
+        storage.set_study_system_attr(study_id, AUTO_RESOURCE_KEY, estimate)
     return decision
-
-
-def _auto_resource(pruner: optuna.pruners.BasePruner) -> str | None:
-    """The attribute of a pruner left to estimate its resource ("auto"), if any."""
-    if isinstance(pruner, optuna.pruners.HyperbandPruner) and pruner._max_resource == "auto":
-        return "_max_resource"
-    if isinstance(pruner, optuna.pruners.SuccessiveHalvingPruner) and pruner._min_resource is None:
-        return "_min_resource"
-    return None

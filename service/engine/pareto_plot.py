@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from matplotlib.figure import Figure
-from optuna.study._multi_objective import _get_pareto_front_trials_by_trials
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from service.engine.optuna_adapter.internals import pareto_front
 from service.engine.studies import feasible
 from service.spec import StudySpec
 
@@ -26,7 +26,7 @@ def draw_pareto(fig: Figure, ax: Any, spec: StudySpec, trials: Sequence[FrozenTr
     if not done:
         raise NoFront("no complete trial yet: the pareto plot needs at least one")
     directions = [StudyDirection.MINIMIZE if d == "minimize" else StudyDirection.MAXIMIZE for d in spec.directions()]
-    front = {t.number for t in _get_pareto_front_trials_by_trials(done, directions, consider_constraint=True)}
+    front = {t.number for t in pareto_front(done, directions)}
     x_name, y_name = spec.objectives[0].name, spec.objectives[1].name
     groups = {
         "trials": [t for t in done if t.number not in front and feasible(t) is not False],

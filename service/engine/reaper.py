@@ -9,9 +9,7 @@ lock, so a lost trial is noticed even between ticks."""
 from __future__ import annotations
 
 import logging
-import math
 import threading
-import time
 import warnings
 from datetime import datetime, timedelta
 
@@ -23,9 +21,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import studies as study_rows
 from service.db.models import StudyRecord
-from service.engine import checkpoints, coordination, optuna_rows
+from service.engine import checkpoints
+from service.engine.checkpoints import ArtifactStore
+from service.engine.optuna_adapter import rows as optuna_rows
+from service.engine.optuna_adapter.internals import study_id as study_id_of
+from service.engine.optuna_adapter.internals import trial_id as trial_id_of
 from service.engine.factories import load_study
-from service.engine.storage import backend_of, database_down, optuna_errors, retry_callback
+from service.engine.storage import grace_period, optuna_errors, retry_callback
+from service.engine.state import EngineState
 from service.engine.studies import spec_of
 from service.metrics import REAPER_ACTIONS
 from service.settings import Settings
@@ -36,37 +39,17 @@ log = logging.getLogger("hpo.reaper")
 REAPER_LOCK_KEY = 0x68706F2072656170
 
 
-class _Outages:
-    """When this process last failed to reach the database.
-
-    Workers keep training through an outage but cannot heartbeat, so right after it every
-    heartbeat looks stale. Reaping waits one grace period after the last failure this process
-    saw, so those workers' next calls get through instead of being fenced off."""
-
-    def __init__(self) -> None:
-        self._last = -math.inf
-
-    def note(self) -> None:
-        self._last = time.monotonic()
-
-    def settled(self, grace_seconds: float) -> bool:
-        return time.monotonic() - self._last > grace_seconds
-
-
-outages = _Outages()
-
-
 def _study(storage: BaseStorage, record: StudyRecord) -> optuna.Study:
     spec = spec_of(record)
     retry_callback(storage).retries_for(record.optuna_name, spec.budget.max_retries)
     return load_study(storage, record.optuna_name, spec)
 
 
-def reap_study(session: Session, storage: BaseStorage, record: StudyRecord) -> int:
+def reap_study(session: Session, storage: BaseStorage, state: EngineState, record: StudyRecord) -> int:
     """Fail (and maybe retry) the study's stale trials, and end their leases. Call it holding
     the study's row lock, inside the caller's transaction."""
     grace = _grace(storage)
-    if not outages.settled(grace):
+    if not state.outages.settled(grace):
         return 0
     with optuna_errors():
         study = _study(storage, record)
@@ -75,7 +58,7 @@ def reap_study(session: Session, storage: BaseStorage, record: StudyRecord) -> i
             fail_stale_trials(study)
         # What is still running, from the flat path's view (service/engine/coordination.py): one
         # small read, however many trials the study has or how many run now.
-        view = coordination.study_trials(storage, study._study_id)
+        view = state.views.study_trials(storage, study_id_of(study))
         with view.lock:
             unfinished = dict(view.unfinished)
         running = [trial_id for trial_id, state in unfinished.items() if state == TrialState.RUNNING]
@@ -109,16 +92,16 @@ def _fail_orphans(
     orphans = [t for t in candidates if t.datetime_start is not None and t.datetime_start < cutoff]
     for t in orphans:
         try:
-            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            storage.set_trial_state_values(trial_id_of(t), TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
-        retry_callback(storage)(study, storage.get_trial(t._trial_id))
+        retry_callback(storage)(study, storage.get_trial(trial_id_of(t)))
         log.warning("failed orphaned trial %s#%d (claimed, but its lease never committed)", record.name, t.number)
     return len(orphans)
 
 
 def _grace(storage: BaseStorage) -> float:
-    return float(backend_of(storage).grace_period or 0)
+    return grace_period(storage)
 
 
 def retry_lost_trial(storage: BaseStorage, record: StudyRecord, trial_id: int) -> None:
@@ -128,7 +111,7 @@ def retry_lost_trial(storage: BaseStorage, record: StudyRecord, trial_id: int) -
         retry_callback(storage)(study, storage.get_trial(trial_id))
 
 
-def tick(sessions: sessionmaker[Session], storage: BaseStorage, settings: Settings) -> int:
+def tick(sessions: sessionmaker[Session], storage: BaseStorage, state: EngineState, store: ArtifactStore, settings: Settings) -> int:
     """One pass over every study with running trials (leased or orphaned), if no other process
     is doing one."""
     reaped = 0
@@ -148,9 +131,9 @@ def tick(sessions: sessionmaker[Session], storage: BaseStorage, settings: Settin
                 with sessions.begin() as session:
                     record = study_rows.lock_study(session, study_id)
                     if record is not None:
-                        reaped += reap_study(session, storage, record)
+                        reaped += reap_study(session, storage, state, record)
             with sessions.begin() as session:
-                checkpoints.tidy(session, storage, settings)
+                checkpoints.tidy(session, storage, state.views, store, settings)
         finally:
             lock_session.execute(select(func.pg_advisory_unlock(REAPER_LOCK_KEY)))
             lock_session.commit()
@@ -160,20 +143,21 @@ def tick(sessions: sessionmaker[Session], storage: BaseStorage, settings: Settin
 class Reaper(threading.Thread):
     """Runs `tick` every settings.reaper_seconds until stopped; survives database outages."""
 
-    def __init__(self, sessions: sessionmaker[Session], storage: BaseStorage, settings: Settings) -> None:
+    def __init__(
+        self, sessions: sessionmaker[Session], storage: BaseStorage, state: EngineState, store: ArtifactStore, settings: Settings
+    ) -> None:
         super().__init__(daemon=True, name="hpo-reaper")
         self._sessions, self._storage, self._settings = sessions, storage, settings
+        self._state, self._store = state, store
         self._halt = threading.Event()
 
     def run(self) -> None:
         while not self._halt.wait(self._settings.reaper_seconds):
             try:
-                n = tick(self._sessions, self._storage, self._settings)
+                n = tick(self._sessions, self._storage, self._state, self._store, self._settings)
                 if n:
                     log.info("reaper: failed %d stale trial(s)", n)
-            except Exception as exc:  # the database may be away; the next tick tries again
-                if database_down(exc):
-                    outages.note()
+            except Exception as exc:  # the database may be away (Outages saw it); the next tick tries again
                 log.warning("reaper tick failed: %s", exc)
 
     def stop(self) -> None:

@@ -26,8 +26,6 @@ batch's (the database): the caller rolls back."""
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -38,9 +36,11 @@ from sqlalchemy.orm import Session
 
 from service.db import studies as study_rows
 from service.db.models import Team
-from service.engine import checkpoints, coordination, leases, optuna_pruning, optuna_rows
+from service.engine import checkpoints, coordination, leases, optuna_pruning
+from service.engine.optuna_adapter import rows as optuna_rows
 from service.engine.factories import build_pruner
 from service.engine.pruning import CurveSummary, FlatRule, PercentileRule, flat_rule
+from service.engine.state import EngineState
 from service.engine.storage import optuna_errors
 from service.errors import Conflict, NotFound, ServiceError
 from service.settings import Settings
@@ -61,16 +61,18 @@ class Report:
 Outcome = bool | ServiceError
 
 
-def report(session: Session, storage: BaseStorage, team: Team, one: Report, settings: Settings) -> bool:
+def report(session: Session, storage: BaseStorage, state: EngineState, team: Team, one: Report, settings: Settings) -> bool:
     """A single report: a batch of one. Reporting the same step twice keeps the first value
     (Optuna ignores the repeat)."""
-    (outcome,) = report_many(session, storage, [(team, one)], settings)
+    (outcome,) = report_many(session, storage, state, [(team, one)], settings)
     if isinstance(outcome, ServiceError):
         raise outcome
     return outcome
 
 
-def report_many(session: Session, storage: BaseStorage, reports: Sequence[tuple[Team, Report]], settings: Settings) -> list[Outcome]:
+def report_many(
+    session: Session, storage: BaseStorage, state: EngineState, reports: Sequence[tuple[Team, Report]], settings: Settings
+) -> list[Outcome]:
     """Every report's outcome, in order; each report is made by its team's caller."""
     outcomes: list[Outcome | None] = [None] * len(reports)
     judges: dict[int, _Judge] = {}
@@ -83,7 +85,7 @@ def report_many(session: Session, storage: BaseStorage, reports: Sequence[tuple[
             trial_id = reports[i][1].trial_id
             (later if trial_id in seen else this_round).append(i)
             seen.add(trial_id)
-        _round(session, storage, reports, this_round, outcomes, judges, settings)
+        _round(session, storage, state, reports, this_round, outcomes, judges, settings)
         pending = later
     assert all(o is not None for o in outcomes)
     return outcomes  # type: ignore[return-value]
@@ -92,6 +94,7 @@ def report_many(session: Session, storage: BaseStorage, reports: Sequence[tuple[
 def _round(
     session: Session,
     storage: BaseStorage,
+    state: EngineState,
     reports: Sequence[tuple[Team, Report]],
     indices: list[int],
     outcomes: list[Outcome | None],
@@ -107,7 +110,7 @@ def _round(
             found = leases.live(leases.checked_lease(locked.get(r.trial_id), team, r.trial_id, r.lease_id))
             judge = judges.get(found.record.id)
             if judge is None:
-                judge = judges[found.record.id] = _Judge.of(session, storage, found.record)
+                judge = judges[found.record.id] = _Judge.of(session, storage, state, found.record)
         except ServiceError as exc:
             outcomes[i] = exc
             continue
@@ -128,7 +131,7 @@ def _round(
     flat = [(i, h, judge) for i, h, judge in held if not judge.by_optuna]
     conn = session.connection()
     stored = optuna_rows.insert_values_and_summarize(conn, [(h.lease.trial_id, reports[i][1].step, reports[i][1].value) for i, h, _ in flat])
-    views = {j.study_id: coordination.study_trials(storage, j.study_id, conn=conn) for _, _, j in flat if j.needs_view}
+    views = {j.study_id: state.views.study_trials(storage, j.study_id, conn=conn) for _, _, j in flat if j.needs_view}
     for i, h, judge in flat:
         r = reports[i][1]
         curve = stored.get(r.trial_id)
@@ -147,6 +150,7 @@ def _round(
 def checkpoint(
     session: Session,
     storage: BaseStorage,
+    state: EngineState,
     store: checkpoints.ArtifactStore,
     team: Team,
     one: Report,
@@ -156,35 +160,10 @@ def checkpoint(
 ) -> bool:
     """A report and the checkpoint taken at the same step, in one call: a retry that resumes
     from step N has the values of steps 1..N and reports from N+1, so none is lost or doubled."""
-    prune = report(session, storage, team, one, settings)
+    prune = report(session, storage, state, team, one, settings)
     held = leases.live_lease(session, team, one.trial_id, one.lease_id)
     checkpoints.save(session, store, held.lease, one.step, data, size)  # type: ignore[arg-type]
     return prune
-
-
-# Study definitions by (database, study id): they never change, and ids are never reused.
-_SPECS: OrderedDict[tuple[str, int], StudySpec] = OrderedDict()
-_SPECS_LOCK = threading.Lock()
-MAX_SPECS = 1024
-
-
-def _spec(session: Session, study_id: int) -> StudySpec:
-    key = (str(session.get_bind().url), study_id)
-    with _SPECS_LOCK:
-        spec = _SPECS.get(key)
-        if spec is not None:
-            _SPECS.move_to_end(key)
-            return spec
-    stored = study_rows.study_spec(session, study_id)
-    if stored is None:
-        # Deleted since the lease was read: not in this transaction.
-        raise NotFound(f"not found in Optuna's storage: 'study {study_id}'")
-    spec = StudySpec.model_validate(stored)
-    with _SPECS_LOCK:
-        _SPECS[key] = spec
-        while len(_SPECS) > MAX_SPECS:
-            _SPECS.popitem(last=False)
-    return spec
 
 
 @dataclass(frozen=True)
@@ -197,10 +176,10 @@ class _Judge:
     spec: StudySpec
 
     @classmethod
-    def of(cls, session: Session, storage: BaseStorage, record: study_rows.StudyRow | study_rows.StudyRecord) -> _Judge:
-        spec = _spec(session, record.id)
+    def of(cls, session: Session, storage: BaseStorage, state: EngineState, record: study_rows.StudyRow | study_rows.StudyRecord) -> _Judge:
+        spec = state.specs.get(session, record.id)
         with optuna_errors():
-            study_id = coordination.optuna_study_id(storage, record.id, record.optuna_name)
+            study_id = state.views.optuna_study_id(storage, record.id, record.optuna_name)
         return cls(study_id, record.stopped, flat_rule(spec.pruner, spec.direction), spec)
 
     @property

@@ -6,18 +6,17 @@ import math
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
-from typing import Any
 
 import optuna
 import psycopg
 import sqlalchemy.exc
-from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages._rdb import models as rdb_models
-from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import select
+from sqlalchemy import Engine
+from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial
 
 from service.db.session import engine_kwargs
+from service.engine.optuna_adapter.internals import backend_of
+from service.engine.optuna_adapter.numbering import NumberingRDBStorage
 from service.errors import Conflict, NotFound, ServiceUnavailable
 from service.metrics import REAPER_ACTIONS
 from service.settings import Settings
@@ -56,33 +55,6 @@ class RetryPerStudy:
             REAPER_ACTIONS.labels(action="retried").inc()
 
 
-class NumberingRDBStorage(optuna.storages.RDBStorage):
-    """Optuna's RDBStorage, except that a new trial's number is the study's previous trial's
-    number + 1, read through the (study_id, trial_id) index (migration 0007), instead of a count
-    of all the study's earlier trials: Optuna's count makes every claim slower as the study grows
-    (a new trial 3.4 ms at 100 trials, 17.6 ms at 100,000; ours 3.3 and 3.9: bench/numbering.py),
-    and the sampler does not need it.
-
-    It is the same number. Optuna numbers a trial with the count of the study's trials with lower
-    ids, holding the study's row lock (`_create_new_trial` takes it before this runs), and keeps
-    it until the trial is committed; trials are only ever deleted with their study. So the
-    numbers of a study, in id order, are 0, 1, 2, ... and the previous one plus one is the count.
-    A trial made from a template (a retry, `add_trial`) goes through Optuna's own code."""
-
-    def _get_prepared_new_trial(self, study_id: int, template_trial: FrozenTrial | None, session: Any) -> Any:
-        if template_trial is not None:
-            return super()._get_prepared_new_trial(study_id, template_trial, session)
-        trial = rdb_models.TrialModel(study_id=study_id, number=None, state=TrialState.RUNNING, datetime_start=datetime.now())
-        session.add(trial)
-        session.flush()
-        t = rdb_models.TrialModel
-        previous = session.execute(
-            select(t.number).where(t.study_id == study_id, t.trial_id < trial.trial_id).order_by(t.trial_id.desc()).limit(1)
-        ).scalar()
-        trial.number = 0 if previous is None else previous + 1
-        return trial
-
-
 def make_storage(url: str, settings: Settings) -> BaseStorage:
     """RDBStorage wrapped in Optuna's own per-process cache (what `optuna.load_study` would do).
 
@@ -102,9 +74,16 @@ def make_storage(url: str, settings: Settings) -> BaseStorage:
     return optuna.storages.get_storage(rdb)
 
 
-def backend_of(storage: BaseStorage) -> BaseStorage:
-    """The RDBStorage under make_storage's cache (or the storage itself, when it is not wrapped)."""
-    return getattr(storage, "_backend", storage)
+def database_engine(storage: BaseStorage) -> Engine | None:
+    """The SQLAlchemy engine of the storage's database (None when it has none: an in-memory
+    storage, which some tests use)."""
+    backend = backend_of(storage)
+    return backend.engine if isinstance(backend, RDBStorage) else None
+
+
+def grace_period(storage: BaseStorage) -> float:
+    """Seconds without a heartbeat before Optuna's stale-trial check fails a trial."""
+    return float(getattr(backend_of(storage), "grace_period", None) or 0)
 
 
 def retry_callback(storage: BaseStorage) -> RetryPerStudy:

@@ -19,6 +19,7 @@ from service.db import studies as study_rows
 from service.db.models import StudyRecord, Team
 from service.engine import budgets, lr_analysis
 from service.engine.factories import check_buildable
+from service.engine.optuna_adapter.internals import trial_id as trial_id_of
 from service.engine.diagnosis import DIAGNOSES, Diagnosed, hints
 from service.engine.diagnosis import counts as diagnosis_counts
 from service.engine.storage import CARRIED_KEY, not_the_studys_fault, optuna_errors, optuna_study_name
@@ -221,7 +222,8 @@ def trials(session: Session, storage: BaseStorage, record: StudyRecord) -> list[
     leases = study_rows.leases_by_trial(session, record.id)
     out = []
     for t in all_trials(storage, record):
-        lease = leases.get(t._trial_id)
+        trial_id = trial_id_of(t)
+        lease = leases.get(trial_id)
         # Lineage (Optuna's retry_history): the trial this one retries and how many attempts so far.
         history = t.system_attrs.get("retry_history", [])
         # A retry starts with a copy of its predecessor's user attrs; why a trial ended is only
@@ -230,7 +232,7 @@ def trials(session: Session, storage: BaseStorage, record: StudyRecord) -> list[
         attrs = t.user_attrs if ended else {}
         out.append(
             {
-                "trial_id": t._trial_id,
+                "trial_id": trial_id,
                 "number": t.number,
                 "state": t.state.name,
                 "value": _finite_or_none(t.values[0]) if t.values and len(t.values) == 1 else None,

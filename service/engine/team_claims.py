@@ -24,6 +24,7 @@ from service.db import studies as study_rows
 from service.db.models import StudyRecord, Team
 from service.engine import budgets, claims
 from service.engine.lr_analysis import finder_name
+from service.engine.state import EngineState
 from service.engine.storage import not_the_studys_fault, optuna_errors
 from service.engine.studies import describe, spec_of
 from service.settings import Settings
@@ -105,13 +106,15 @@ def waiting_trials(storage: BaseStorage, record: StudyRecord) -> list[FrozenTria
         return storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,))
 
 
-def claim_any(session: Session, storage: BaseStorage, study_ids: Sequence[int], worker_id: str, settings: Settings) -> Assignment | None:
+def claim_any(
+    session: Session, storage: BaseStorage, state: EngineState, study_ids: Sequence[int], worker_id: str, settings: Settings
+) -> Assignment | None:
     """The first assignment any of `study_ids` gives, in order, one transaction per study tried:
     row locks are never held on two studies at once, so concurrent claims cannot deadlock
     whatever order they try studies in. (The first is the one the candidates were read in.)"""
     for study_id in study_ids:
         try:
-            assignment = claims.try_claim(session, storage, study_id, worker_id, settings)
+            assignment = claims.try_claim(session, storage, state, study_id, worker_id, settings)
         except Exception as exc:
             if not_the_studys_fault(exc):
                 raise

@@ -15,21 +15,18 @@ so the study's page would otherwise answer 500."""
 from __future__ import annotations
 
 import copy
-import json
 import math
-from collections import defaultdict
 from collections.abc import Container, Sequence
 from typing import Any
 
 from optuna.storages import BaseStorage
-from optuna.storages._rdb import models
 from optuna.study import StudyDirection
-from optuna.study._frozen import FrozenStudy
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import Engine, select, text
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine, select
 
 from service.db.models import StudyRecord
+from service.engine.optuna_adapter import reads as optuna_reads
+from service.engine.optuna_adapter.internals import FrozenStudy
 from service.errors import Conflict
 
 
@@ -55,7 +52,7 @@ class TeamStorage(BaseStorage):
     def study_of_trial(self, trial_id: int) -> int | None:
         if trial_id not in self._trial_study:
             with self._engine.connect() as conn:
-                found = conn.execute(text("SELECT study_id FROM trials WHERE trial_id = :t"), {"t": trial_id}).scalar()
+                found = optuna_reads.study_of_trial(conn, trial_id)
             if found is None:
                 return None
             self._trial_study[trial_id] = found
@@ -121,33 +118,7 @@ class TeamStorage(BaseStorage):
         """The team's studies, read by their name prefix: optuna-dashboard calls this on every
         poll of a study's page, and Optuna's own version reads every team's studies and
         attributes. Otherwise as RDBStorage.get_all_studies makes them."""
-        study, direction = models.StudyModel, models.StudyDirectionModel
-        user, system = models.StudyUserAttributeModel, models.StudySystemAttributeModel
-        with Session(self._engine) as session:
-            rows = session.execute(
-                select(study.study_id, study.study_name)
-                .where(study.study_name.startswith(self._prefix, autoescape=True))
-                .order_by(study.study_id)
-            ).all()
-            ids = [r.study_id for r in rows]
-            directions: dict[int, list[StudyDirection]] = defaultdict(list)
-            for d in session.scalars(select(direction).where(direction.study_id.in_(ids)).order_by(direction.objective)):
-                directions[d.study_id].append(d.direction)
-            attrs: dict[Any, dict[int, dict[str, Any]]] = {user: defaultdict(dict), system: defaultdict(dict)}
-            for model, by_study in attrs.items():
-                for a in session.scalars(select(model).where(model.study_id.in_(ids))):
-                    by_study[a.study_id][a.key] = json.loads(a.value_json)
-        return [
-            FrozenStudy(
-                study_name=r.study_name,
-                direction=None,
-                directions=directions[r.study_id],
-                user_attrs=attrs[user].get(r.study_id, {}),
-                system_attrs=attrs[system].get(r.study_id, {}),
-                study_id=r.study_id,
-            )
-            for r in rows
-        ]
+        return optuna_reads.studies_named_from(self._engine, self._prefix)
 
     # ------------------------------------------------------------------ trials
 

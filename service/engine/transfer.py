@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from service.db import studies as study_rows
 from service.db.models import StudyRecord, Team
 from service.engine import lifecycle, studies
+from service.engine.optuna_adapter.internals import study_id as study_id_of
 from service.engine.storage import optuna_errors
 from service.errors import InvalidRequest, NotFound
 from service.spec import StudySpec
@@ -99,7 +100,7 @@ def _import_from(
     if record is None:
         record = studies.create(session, storage, team, spec)
     with optuna_errors():
-        trials = source.get_all_trials(found._study_id, deepcopy=False)
+        trials = source.get_all_trials(study_id_of(found), deepcopy=False)
     carried, left_out = lifecycle.carry_trials(storage, record.optuna_name, spec, trials, f"{origin}:{from_study}")
     return record, carried, left_out
 

@@ -15,10 +15,11 @@ from sqlalchemy.orm import Session
 
 from service.db import studies as study_rows
 from service.db.models import Lease, StudyRecord, Team
-from service.engine import checkpoints, leases, optuna_rows
+from service.engine import checkpoints, leases
+from service.engine.optuna_adapter import rows as optuna_rows
 from service.engine.diagnosis import diagnose
 from service.engine.reaper import retry_lost_trial
-from service.engine.storage import CONSTRAINTS_KEY, backend_of, optuna_errors
+from service.engine.storage import CONSTRAINTS_KEY, database_engine, optuna_errors
 from service.engine.studies import spec_of
 from service.errors import InvalidRequest, LeaseLost
 from service.metrics import finished as count_finished
@@ -115,7 +116,7 @@ def _end(
 
 
 def _set_attrs_now(storage: BaseStorage, trial_id: int, attrs: dict[str, Any], system: dict[str, Any]) -> None:
-    engine = getattr(backend_of(storage), "engine", None)
+    engine = database_engine(storage)
     if engine is None:
         for key, value in attrs.items():
             storage.set_trial_user_attr(trial_id, key, value)
