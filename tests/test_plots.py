@@ -344,16 +344,21 @@ def test_the_lr_plot_shades_the_range_auto_lr_range_chose() -> None:
 
 
 def test_reports_of_an_lr_sweep_and_a_range_test() -> None:
+    from datetime import datetime
+
     from service.engine import study_page
+    from service.engine.summaries import Diagnosis, StudySummary
 
     for spec, trials, drawn in (
         (sweep_spec(), sweep_trials(sweep_spec()), set(KINDS)),
         # One run with no params: no importances, no parallel coordinates; notes say so.
         (finder_spec(), [finder_trial(LrFinder())], {"history", "curves", "lr"}),
     ):
-        summary = {"name": spec.name, "optuna_name": f"t/{spec.name}", "direction": spec.direction, "state": "finished",
-                   "n_trials": spec.budget.n_trials, "counts": {"COMPLETE": len(trials)}, "best_trial": None,
-                   "definition": spec.model_dump(mode="json"), "diagnosis": {"counts": {}, "hints": ["lr <b>x</b>"]}}
+        summary = StudySummary(
+            name=spec.name, optuna_name=f"t/{spec.name}", direction=spec.direction, state="finished",
+            n_trials=spec.budget.n_trials, counts={"COMPLETE": len(trials)}, best_trial=None, created_at=datetime.now(),
+            definition=spec.model_dump(mode="json"), diagnosis=Diagnosis({}, ["lr <b>x</b>"]), kind=spec.kind,
+        )
         page = study_page.build(summary, plots.PlotInputs(spec, trials))
         shown = set(re.findall(r"<figure id=\"plot-(\w+)\"><img", page))
         assert shown == drawn, (spec.kind, shown)

@@ -18,7 +18,7 @@ import pytest
 import worker.runner
 import worker.trainer
 from service.spec import MLP_PARAMS, Assignment
-from worker.client import LeaseLost, ServiceClient, ServiceError
+from worker.client import LeaseLost, ServiceClient, ProtocolError
 from worker.outbox import Outbox
 from worker.runner import Runner
 from worker.settings import WorkerSettings
@@ -468,7 +468,7 @@ def test_a_refused_checkpoint_is_sent_as_a_report_and_checkpoints_stop() -> None
 
     def too_large(a: Assignment, step: int, value: float, data: bytes, **kw: Any) -> bool:
         client.attempts.append(("checkpoint", step))
-        raise ServiceError(413, "checkpoint too large")
+        raise ProtocolError(413, "checkpoint too large")
 
     client.checkpoint = too_large  # type: ignore[method-assign]
     outbox = Outbox(client, assignment())
@@ -485,7 +485,7 @@ def test_a_report_the_service_refuses_for_good_is_dropped_not_retried_forever() 
 
     def report(a: Assignment, step: int, value: float, **kw: Any) -> bool:
         if step == 1:
-            raise ServiceError(422, "value: not a number")
+            raise ProtocolError(422, "value: not a number")
         return real(a, step, value, **kw)
 
     client.report = report  # type: ignore[method-assign]
@@ -577,7 +577,7 @@ def test_the_client_retries_for_the_lease_then_raises(failure: str) -> None:
         return httpx.Response(503, headers={"Retry-After": "2"}, json={"error": "unavailable", "detail": "db down"})
 
     client, clock = client_with(handler)
-    with pytest.raises(ServiceError if failure == "503" else httpx.ConnectError) as caught:
+    with pytest.raises(ProtocolError if failure == "503" else httpx.ConnectError) as caught:
         client.report(assignment(lease_seconds=20), 1, 0.5)
     if failure == "503":
         assert caught.value.status == 503
@@ -585,7 +585,7 @@ def test_the_client_retries_for_the_lease_then_raises(failure: str) -> None:
     assert clock.now == pytest.approx(20.0) and len(calls) >= 6
     # retry_for=0: a single try.
     calls.clear()
-    with pytest.raises(ServiceError if failure == "503" else httpx.ConnectError):
+    with pytest.raises(ProtocolError if failure == "503" else httpx.ConnectError):
         client.report(assignment(lease_seconds=20), 1, 0.5, retry_for=0)
     assert len(calls) == 1
 

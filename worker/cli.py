@@ -113,7 +113,7 @@ def worker(
     import torch
 
     from worker.client import ServiceClient
-    from worker.runner import Runner, Unauthorized
+    from worker.runner import Runner, TokenRefused
 
     if threads or settings.threads:
         torch.set_num_threads(threads or settings.threads or 1)
@@ -134,7 +134,7 @@ def worker(
         log.info("user workloads allowed: plugins %s, commands %s", policy.allow_plugins, policy.allow_commands)
     try:
         runner.run(max_trials=max_trials, exit_when_idle=exit_when_idle)
-    except Unauthorized as exc:
+    except TokenRefused as exc:
         logging.getLogger("hpo.worker").error("the service refuses this token: %s", exc)
         raise typer.Exit(3) from exc
     finally:

@@ -27,7 +27,7 @@ RETRY_STATUSES = frozenset({408, 429})
 MAX_RETRY_AFTER = 300.0
 
 
-class ServiceError(Exception):
+class ProtocolError(Exception):
     """The service refused a call; carries its status and message."""
 
     def __init__(self, status: int, detail: str) -> None:
@@ -41,7 +41,7 @@ class ServiceError(Exception):
         return self.status >= 500 or self.status in RETRY_STATUSES
 
 
-class LeaseLost(ServiceError):
+class LeaseLost(ProtocolError):
     """The trial is no longer this worker's: 409 (its lease expired, or the trial was retried or
     finished) or 404/410 (its study was deleted)."""
 
@@ -74,7 +74,7 @@ class ServiceClient:
 
     def _request(self, method: str, path: str, *, retry_for: float, **kwargs: Any) -> httpx.Response:
         """Send, retrying transient failures until `retry_for` seconds have passed; then the
-        last failure is raised (a TransportError, or a ServiceError for the last status)."""
+        last failure is raised (a TransportError, or a ProtocolError for the last status)."""
         deadline = self.clock() + max(retry_for, 0.0)
         delay = self.first_delay
         while True:
@@ -116,7 +116,7 @@ class ServiceClient:
                 retry_for=a.lease_seconds if retry_for is None else retry_for,
                 **kwargs,
             )
-        except ServiceError as exc:
+        except ProtocolError as exc:
             if exc.status in (404, 410):
                 raise LeaseLost(exc.status, exc.detail) from exc
             raise
@@ -150,7 +150,7 @@ class ServiceClient:
             return None
         step = response.headers.get("X-HPO-Step")
         if step is None:
-            raise ServiceError(response.status_code, "a checkpoint came without its X-HPO-Step header")
+            raise ProtocolError(response.status_code, "a checkpoint came without its X-HPO-Step header")
         return int(step), response.content
 
     def heartbeat(self, a: Assignment, *, retry_for: float | None = None) -> None:
@@ -202,4 +202,4 @@ def _checked(response: httpx.Response) -> httpx.Response:
         detail = response.text
     if response.status_code == 409:
         raise LeaseLost(409, detail)
-    raise ServiceError(response.status_code, detail)
+    raise ProtocolError(response.status_code, detail)

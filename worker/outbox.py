@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from service.spec import Assignment
-from worker.client import LeaseLost, ServiceError
+from worker.client import LeaseLost, ProtocolError
 
 log = logging.getLogger("hpo.worker")
 
@@ -36,7 +36,7 @@ log = logging.getLogger("hpo.worker")
 def refused(exc: BaseException) -> bool:
     """The service said no for good (a 4xx other than 408/429). Anything else (a connection
     error, 5xx, a timeout) may go through later. LeaseLost is handled before this is asked."""
-    return isinstance(exc, ServiceError) and not exc.transient
+    return isinstance(exc, ProtocolError) and not exc.transient
 
 
 @dataclass

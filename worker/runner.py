@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from service.spec import Assignment
-from worker.client import LeaseLost, ServiceClient, ServiceError
+from worker.client import LeaseLost, ServiceClient, ProtocolError
 from worker.outbox import Outbox, refused
 from worker.workloads import TrialOutcome
 from worker.device import release_device_memory
@@ -91,7 +91,7 @@ class LeaseKeeper(Protocol):
     def stop(self) -> None: ...
 
 
-class Unauthorized(Exception):
+class TokenRefused(Exception):
     """The service refuses this worker's token: stop instead of retrying forever."""
 
 
@@ -133,10 +133,10 @@ class Runner:
         while not self.stop.is_set() and (max_trials is None or done < max_trials):
             try:
                 assignment = self.client.claim(self.worker_id, self.studies)
-            except ServiceError as exc:
+            except ProtocolError as exc:
                 if exc.status in (401, 403):
                     # A revoked, expired or wrong-role token will not start working by itself.
-                    raise Unauthorized(exc.detail) from exc
+                    raise TokenRefused(exc.detail) from exc
                 log.warning("claim failed: %s", exc)
                 assignment = None
             except Exception as exc:  # the service is away: wait and ask again
@@ -217,7 +217,7 @@ class Runner:
             self.client.finish(
                 a, outcome.state, outcome.value, outcome.error, outcome.reason, outcome.metrics or None, retry_for=retry_for
             )
-        except ServiceError as exc:
+        except ProtocolError as exc:
             if exc.status != 422 or (outcome.reason is None and not outcome.metrics):
                 raise
             # The extras were refused (a service that validates them differently): the trial's

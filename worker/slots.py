@@ -42,7 +42,7 @@ from typing import Any
 
 from service.spec import Assignment
 from worker.client import ServiceClient
-from worker.runner import Runner, Unauthorized, _Heartbeat
+from worker.runner import Runner, TokenRefused, _Heartbeat
 from worker.workloads.policy import Policy
 
 log = logging.getLogger("hpo.worker")
@@ -169,7 +169,7 @@ def slot_main(config: SlotConfig, index: int, conn: Connection, lost_trial: Any,
     log.info("slot %s on %s, %d threads", runner.worker_id, runner.device, config.threads)
     try:
         runner.run(max_trials=config.max_trials, exit_when_idle=config.exit_when_idle)
-    except Unauthorized as exc:
+    except TokenRefused as exc:
         log.error("the service refuses this token: %s", exc)
         sys.exit(3)
     finally:

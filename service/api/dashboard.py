@@ -34,7 +34,8 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
 from service.api import dashboard_login
-from service.api.dashboard_guard import PREFIX, Event, Forward, decide, error, record
+from service.api.dashboard_guard import PREFIX, Event, Forward, decide, record
+from service.api.errors import render
 from service.api.dashboard_login import COOKIE, cross_site, login_page
 from service.api.deps import Runtime
 from service.db import dashboard_sessions
@@ -114,27 +115,27 @@ class Dashboard:
                 return login_page()
             if method == "POST":
                 return await dashboard_login.login(request, runtime)
-            return error(405, "method_not_allowed", "use GET or POST")
+            return render(405, "method_not_allowed", "use GET or POST")
         if path == "/logout":
             if method != "POST":
-                return error(405, "method_not_allowed", "use POST")
+                return render(405, "method_not_allowed", "use POST")
             return await dashboard_login.logout(request, runtime)
 
         caller = await run_in_threadpool(self._caller, runtime, request.cookies.get(COOKIE))
         if caller is None:
             if path.startswith("/api/"):
-                return error(401, "unauthorized", f"log in at {PREFIX}/login first (no dashboard session, or it has ended)")
+                return render(401, "unauthorized", f"log in at {PREFIX}/login first (no dashboard session, or it has ended)")
             return RedirectResponse(f"{PREFIX}/login", status_code=303)
         if method not in SAFE_METHODS:
             if caller.role not in WRITERS:
-                return error(403, "forbidden", f"{method} {PREFIX}{path} needs role member or admin; this token is {caller.role}")
+                return render(403, "forbidden", f"{method} {PREFIX}{path} needs role member or admin; this token is {caller.role}")
             refused = cross_site(request)
             if refused is not None:
                 return refused
 
         if not path.startswith(FORWARDED) and path != "/favicon.ico":
             if method not in SAFE_METHODS:
-                return error(404, "not_found", f"no dashboard route {method} {PREFIX}{path}")
+                return render(404, "not_found", f"no dashboard route {method} {PREFIX}{path}")
             if self._index is None:
                 self._index = _index_html()
             return HTMLResponse(self._index, headers=PAGE_HEADERS)

@@ -17,16 +17,16 @@ import importlib.util
 import json
 import logging
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.datastructures import QueryParams
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from service.api.dashboard_bodies import CHECKERS, BodyError, parse
 from service.api.dashboard_routes import CREATE, DELETE, PLOT, PLOT_TYPES, READ, RENAME, Match, canonical, match
 from service.api.deps import Runtime
+from service.api.errors import render
 from service.db import audit
 from service.db.studies import get_study
 from service.db.teams import Principal
@@ -41,10 +41,6 @@ PREFIX = "/dashboard"
 PREFERENTIAL = "preference:is_preferential"
 # Writes to a trial that optuna-dashboard makes through check_trial_is_updatable.
 _ONLY_WHILE_RUNNING = ("dashboard.tell", "dashboard.user_attrs")
-
-
-def error(status: int, code: str, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=dict(headers or {}))
 
 
 @dataclass
@@ -70,14 +66,14 @@ def decide(
     path = canonical(path)
     found = match(method, path)
     if found is None:
-        return error(404, "not_found", f"no dashboard route {method} {PREFIX}{path}")
-    missing = error(404, "not_found", f"no such study or trial: {PREFIX}{path}")
+        return render(404, "not_found", f"no dashboard route {method} {PREFIX}{path}")
+    missing = render(404, "not_found", f"no such study or trial: {PREFIX}{path}")
     try:
         if not _owned(storage, found):
             return missing
         kind = found.route.kind
         if kind in (CREATE, RENAME):
-            return error(409, "conflict", "studies are created and named through the REST API (POST /api/v1/studies), not in the dashboard")
+            return render(409, "conflict", "studies are created and named through the REST API (POST /api/v1/studies), not in the dashboard")
         if kind == DELETE:
             assert found.study is not None
             return _delete(runtime, storage, caller, found.study)
@@ -85,12 +81,12 @@ def decide(
             return _plot(storage, found, path)
         if kind == READ:
             bad = _bad_query(found, query)
-            return error(400, "bad_request", bad) if bad else Forward(path)
+            return render(400, "bad_request", bad) if bad else Forward(path)
         return _write(storage, found, path, content_type, body)
     except KeyError:  # the study or trial went away meanwhile
         return missing
     except ServiceError as exc:
-        return error(exc.status_code, exc.code, exc.detail, exc.headers())
+        return render(exc.status_code, exc.code, exc.detail, exc.headers())
 
 
 def record(runtime: Runtime, caller: Principal, event: Event) -> None:
@@ -129,12 +125,12 @@ def _delete(runtime: Runtime, storage: TeamStorage, caller: Principal, study_id:
 
 def _plot(storage: TeamStorage, found: Match, path: str) -> Response | Forward:
     if importlib.util.find_spec("plotly") is None:
-        return error(404, "not_found", "plotly is not installed on this server: the dashboard draws its plots in the browser")
+        return render(404, "not_found", "plotly is not installed on this server: the dashboard draws its plots in the browser")
     if found.plot not in PLOT_TYPES:
-        return error(404, "not_found", f"no plot {found.plot!r}; one of {', '.join(PLOT_TYPES)}")
+        return render(404, "not_found", f"no plot {found.plot!r}; one of {', '.join(PLOT_TYPES)}")
     assert found.study is not None
     if found.plot == "pareto_front" and len(storage.get_study_directions(found.study)) < 2:
-        return error(400, "bad_request", "a Pareto front needs a study with two or more objectives")
+        return render(400, "bad_request", "a Pareto front needs a study with two or more objectives")
     return Forward(path)
 
 
@@ -155,13 +151,13 @@ def _write(storage: TeamStorage, found: Match, path: str, content_type: str | No
     assert study_id is not None
     name = storage.get_study_name_from_id(study_id)
     if route.preferential and not storage.get_study_system_attrs(study_id).get(PREFERENTIAL):
-        return error(409, "conflict", f"{name} is not a preferential study; preferences and skips are only for those")
+        return render(409, "conflict", f"{name} is not a preferential study; preferences and skips are only for those")
     detail: dict[str, Any] = {"optuna_name": name, "via": "dashboard"}
     if found.trial is not None:
         trial = storage.get_trial(found.trial)
         detail.update(trial_id=found.trial, trial_number=trial.number)
         if route.action in _ONLY_WHILE_RUNNING and trial.state.is_finished():
-            return error(409, "conflict", f"trial {trial.number} of {name} has already finished ({trial.state.name})")
+            return render(409, "conflict", f"trial {trial.number} of {name} has already finished ({trial.state.name})")
     if found.history is not None:
         detail["history_id"] = found.history
     forwarded = b""
@@ -169,7 +165,7 @@ def _write(storage: TeamStorage, found: Match, path: str, content_type: str | No
         try:
             checked, extra = CHECKERS[route.body](parse(content_type, body), len(storage.get_study_directions(study_id)))
         except BodyError as exc:
-            return error(exc.status, exc.code, exc.detail)
+            return render(exc.status, exc.code, exc.detail)
         forwarded = json.dumps(checked).encode()
         detail.update(extra)
     return Forward(path, forwarded, Event(route.action, _short(name), detail))

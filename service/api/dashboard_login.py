@@ -24,7 +24,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from service.api.dashboard_guard import PREFIX, error
+from service.api.dashboard_guard import PREFIX
+from service.api.errors import render
 from service.api.deps import Runtime
 from service.db import dashboard_sessions
 from service.db.teams import Principal
@@ -81,7 +82,7 @@ def cross_site(request: Request) -> Response | None:
     other = foreign_origin(request)
     if other is None:
         return None
-    return error(403, "forbidden", f"cross-site request refused: it comes from {other!r}, not from this server")
+    return render(403, "forbidden", f"cross-site request refused: it comes from {other!r}, not from this server")
 
 
 def login_page(message: str = "", status: int = 200) -> HTMLResponse:

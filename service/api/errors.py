@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -48,11 +49,17 @@ def _body(code: str, detail: str) -> dict[str, str]:
     return {"error": code, "detail": detail}
 
 
+def render(status: int, code: str, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """The one shape of an error answer, for the routes, the dashboard mount and the ASGI
+    middleware alike."""
+    return JSONResponse(_body(code, detail), status_code=status, headers=dict(headers or {}))
+
+
 def error_response(exc: BaseException, method: str, path: str) -> JSONResponse:
     """The answer to an exception out of a route (the handlers below; and the report fast path,
     service/api/report_fast_path.py, which runs outside FastAPI's)."""
     if isinstance(exc, ServiceError):
-        return JSONResponse(_body(exc.code, exc.detail), status_code=exc.status_code, headers=exc.headers())
+        return render(exc.status_code, exc.code, exc.detail, exc.headers())
     if isinstance(exc, DATABASE_ERRORS):
         # The database went away (restart, failover, network): a 503 the client may retry, never a 500.
         if transaction_conflict(exc):

@@ -7,12 +7,11 @@ Content-Length that lies) as soon as the bytes received pass the limit."""
 from __future__ import annotations
 
 import asyncio
-import json
 import re
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.errors import render
 from service.errors import PayloadTooLarge, RequestTimeout
 
 # The checkpoint upload is the one route with a large body: model and optimizer state.
@@ -52,7 +51,7 @@ class BodyLimit:
         error = PayloadTooLarge(f"the request body is over the limit of {limit} bytes ({setting})")
         declared = _content_length(scope)
         if declared is not None and declared > limit:
-            await _refuse(send, error)
+            await _refuse(scope, receive, send, error)
             return
 
         received = 0
@@ -84,7 +83,7 @@ class BodyLimit:
                 # failed read into a 400), the answer is our 413 (or 408).
                 if not started:
                     started = True
-                    await _refuse(send, refused)
+                    await _refuse(scope, receive, send, refused)
                 return
             if message["type"] == "http.response.start":
                 started = True
@@ -97,7 +96,7 @@ class BodyLimit:
                 raise
             if not started:
                 started = True
-                await _refuse(send, refused)
+                await _refuse(scope, receive, send, refused)
 
 
 async def receive_within(receive: Receive, seconds: float) -> Message:
@@ -120,14 +119,8 @@ def _content_length(scope: Scope) -> int | None:
         return None
 
 
-async def _refuse(send: Send, error: PayloadTooLarge | RequestTimeout) -> None:
-    body = json.dumps({"error": error.code, "detail": error.detail}).encode()
-    headers: list[tuple[bytes, bytes]] = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        # The rest of the body is not read: the connection cannot carry another request.
-        (b"connection", b"close"),
-    ]
-    start: dict[str, Any] = {"type": "http.response.start", "status": error.status_code, "headers": headers}
-    await send(start)
-    await send({"type": "http.response.body", "body": body})
+async def _refuse(scope: Scope, receive: Receive, send: Send, error: PayloadTooLarge | RequestTimeout) -> None:
+    response = render(error.status_code, error.code, error.detail, error.headers())
+    # The rest of the body is not read: the connection cannot carry another request.
+    response.headers["connection"] = "close"
+    await response(scope, receive, send)

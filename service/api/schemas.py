@@ -42,6 +42,12 @@ class BestTrial(BaseModel):
     params: dict[str, Any]
 
 
+class FrontTrial(BaseModel):
+    number: int
+    values: list[float] = Field(description="in the objectives' order")
+    params: dict[str, Any]
+
+
 class Diagnosis(BaseModel):
     counts: dict[str, int] = Field(description="finished trials by diagnosis: diverged, oscillating, too_slow, healthy")
     hints: list[str] = Field(description="plain advice drawn from the diagnoses")
@@ -65,9 +71,7 @@ class StudyPublic(BaseModel):
     )
     counts: dict[str, int] = Field(description="trials by Optuna state")
     best_trial: BestTrial | None
-    best_trials: list[dict[str, Any]] | None = Field(
-        None, description="a multi-objective study's Pareto front: number, values (in the objectives' order), params"
-    )
+    best_trials: list[FrontTrial] | None = Field(None, description="a multi-objective study's Pareto front")
     directions: list[str] | None = Field(None, description="one per objective")
     created_at: datetime
     definition: dict[str, Any]

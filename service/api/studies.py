@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import Any
 
 import yaml
@@ -14,6 +15,7 @@ from service.api.schemas import StudiesPublic, StudyCreated, StudyPublic, Trials
 from service.db import audit
 from service.db.teams import Principal
 from service.engine import studies
+from service.engine.summaries import StudySummary
 from service.errors import InvalidRequest, UnsupportedMediaType
 from service.spec import StudySpec
 from service.spec.limits import MAX_DEPTH, check_document
@@ -74,7 +76,7 @@ async def create_study(request: Request, runtime: RuntimeDep, caller: Manager) -
         with runtime.transaction() as session:
             record = studies.create(session, runtime.storage, caller.team, spec)
             audit_write(session, caller, "study.create", record.name, optuna_name=record.optuna_name, n_trials=spec.budget.n_trials)
-            return {**studies.summary(session, runtime.storage, record), "warnings": warnings}
+            return {**asdict(studies.summary(session, runtime.storage, record)), "warnings": warnings}
 
     return await run_in_threadpool(_create)
 
@@ -88,7 +90,7 @@ def list_studies(runtime: RuntimeDep, caller: Reader) -> dict[str, Any]:
 
 
 @router.get("/{name}", response_model=StudyPublic)
-def get_study(name: str, runtime: RuntimeDep, caller: Reader) -> dict[str, Any]:
+def get_study(name: str, runtime: RuntimeDep, caller: Reader) -> StudySummary:
     """Counts by state and the best trial so far. Role: viewer, member or admin."""
     with runtime.transaction() as session:
         return studies.summary_or_broken(session, runtime.storage, studies.get(session, caller.team, name))
@@ -102,7 +104,7 @@ def list_trials(name: str, runtime: RuntimeDep, caller: Reader) -> dict[str, Any
 
 
 @router.post("/{name}/stop", response_model=StudyPublic)
-def stop_study(name: str, runtime: RuntimeDep, caller: Manager) -> dict[str, Any]:
+def stop_study(name: str, runtime: RuntimeDep, caller: Manager) -> StudySummary:
     """No more claims; running trials are told to prune at their next report. Role: member or admin."""
     with runtime.transaction() as session:
         record = studies.get(session, caller.team, name, lock=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter
@@ -10,6 +11,7 @@ from service.api.deps import Manager, RuntimeDep
 from service.api.schemas import CloneRequest, EnqueueRequest, EnqueueResponse, StudyCloned, StudyPatch, StudyPublic
 from service.api.studies import audit_write
 from service.engine import lifecycle, studies
+from service.engine.summaries import StudySummary
 from service.errors import InvalidRequest
 from service.spec.limits import check_document
 from service.spec.lint import lint
@@ -29,7 +31,7 @@ def enqueue_trials(name: str, body: EnqueueRequest, runtime: RuntimeDep, caller:
 
 
 @router.patch("/{name}", response_model=StudyPublic)
-def update_study(name: str, patch: StudyPatch, runtime: RuntimeDep, caller: Manager) -> dict[str, Any]:
+def update_study(name: str, patch: StudyPatch, runtime: RuntimeDep, caller: Manager) -> StudySummary:
     """Raise n_trials or the other budgets, change max_concurrent, stop or resume (`stopped:
     false`). The space, sampler, pruner and workload stay: clone the study to change them.
     Role: member or admin."""
@@ -59,4 +61,4 @@ def clone_study(name: str, body: CloneRequest, runtime: RuntimeDep, caller: Mana
             session, caller, "study.clone", new.name, optuna_name=new.optuna_name, source=record.name, carried=carried, left_out=left_out
         )
         summary = studies.summary(session, runtime.storage, new)
-        return {**summary, "warnings": lint(studies.spec_of(new)), "carried": carried, "left_out": left_out}
+        return {**asdict(summary), "warnings": lint(studies.spec_of(new)), "carried": carried, "left_out": left_out}

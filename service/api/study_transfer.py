@@ -3,6 +3,7 @@ import another Optuna study of the service's database. Imports are audited."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -86,4 +87,4 @@ def import_database_study(name: str, body: DatabaseImport, runtime: RuntimeDep, 
 def _imported(session: Any, runtime: Any, caller: Any, record: Any, carried: int, left_out: int, source: str) -> dict[str, Any]:
     audit_write(session, caller, "study.import", record.name, optuna_name=record.optuna_name, source=source, carried=carried, left_out=left_out)
     session.flush()
-    return {**studies.summary(session, runtime.storage, record), "carried": carried, "left_out": left_out}
+    return {**asdict(studies.summary(session, runtime.storage, record)), "carried": carried, "left_out": left_out}

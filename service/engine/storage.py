@@ -105,6 +105,10 @@ def optuna_errors() -> Iterator[None]:
     except optuna.exceptions.DuplicatedStudyError as exc:
         raise Conflict(f"study already exists: {exc}") from exc
     except KeyError as exc:
+        # Optuna's storages answer "no such study/trial" with a KeyError; one out of our own
+        # code in the block is a bug, and stays one (a 500, not a 404).
+        if not _raised_in_optuna(exc):
+            raise
         raise NotFound(f"not found in Optuna's storage: {exc}") from exc
     except optuna.exceptions.UpdateFinishedTrialError as exc:
         raise Conflict(f"trial already finished: {exc}") from exc
@@ -114,6 +118,13 @@ def optuna_errors() -> Iterator[None]:
         if database_down(exc) or transaction_conflict(exc):
             raise ServiceUnavailable("the database is unavailable; retry shortly") from exc
         raise
+
+
+def _raised_in_optuna(exc: BaseException) -> bool:
+    frame = exc.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and str(frame.tb_frame.f_globals.get("__name__", "")).split(".")[0] == "optuna"
 
 
 # What "no database right now" looks like, rather than a bug: connection refused or dropped,

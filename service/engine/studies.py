@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from typing import Any
 
 import optuna
 from optuna.distributions import distribution_to_json
@@ -22,6 +21,7 @@ from service.engine.factories import check_buildable
 from service.engine.optuna_adapter.internals import trial_id as trial_id_of
 from service.engine.diagnosis import DIAGNOSES, Diagnosed, hints
 from service.engine.diagnosis import counts as diagnosis_counts
+from service.engine.summaries import BestTrial, Broken, Diagnosis, FrontTrial, StudySummary, TrialSummary
 from service.engine.storage import CARRIED_KEY, not_the_studys_fault, optuna_errors, optuna_study_name
 from service.errors import Conflict, NotFound, ServiceError, StudyBroken
 from service.spec import StudySpec, defaults_for
@@ -120,12 +120,12 @@ def describe(exc: BaseException) -> str:
     return clean_text(lines[0] if lines else type(exc).__name__)[:500]
 
 
-def broken(record: StudyRecord) -> dict[str, Any] | None:
+def broken(record: StudyRecord) -> Broken | None:
     """Why claims skip this study, if they do (service/engine/team_claims.py)."""
-    return None if record.broken_reason is None else {"reason": record.broken_reason, "since": record.broken_at}
+    return None if record.broken_reason is None else Broken(record.broken_reason, record.broken_at)
 
 
-def summary_or_broken(session: Session, storage: BaseStorage, record: StudyRecord) -> dict[str, Any]:
+def summary_or_broken(session: Session, storage: BaseStorage, record: StudyRecord) -> StudySummary:
     """summary(), or, when the study itself cannot be read (its definition no longer validates,
     its Optuna study is gone), what our row says, with state `broken` and the reason: one
     study's fault must not fail the team's listing (the review's finding 3)."""
@@ -137,23 +137,23 @@ def summary_or_broken(session: Session, storage: BaseStorage, record: StudyRecor
         definition = record.spec if isinstance(record.spec, dict) else {}
         budget = definition.get("budget") if isinstance(definition.get("budget"), dict) else {}
         n_trials = budget.get("n_trials")
-        return {
-            "name": record.name,
-            "optuna_name": record.optuna_name,
-            "state": "broken",
-            "direction": str(definition.get("direction", "minimize")),
-            "n_trials": n_trials if isinstance(n_trials, int) else 0,
-            "counts": {s: 0 for s in STATES},
-            "best_trial": None,
-            "created_at": record.created_at,
-            "definition": definition,
-            "diagnosis": {"counts": {}, "hints": []},
-            "kind": str(definition.get("kind", "search")),
-            "broken": {"reason": describe(exc), "since": record.broken_at},
-        }
+        return StudySummary(
+            name=record.name,
+            optuna_name=record.optuna_name,
+            state="broken",
+            direction=str(definition.get("direction", "minimize")),
+            n_trials=n_trials if isinstance(n_trials, int) else 0,
+            counts={s: 0 for s in STATES},
+            best_trial=None,
+            created_at=record.created_at,
+            definition=definition,
+            diagnosis=Diagnosis({}, []),
+            kind=str(definition.get("kind", "search")),
+            broken=Broken(describe(exc), record.broken_at),
+        )
 
 
-def summary(session: Session, storage: BaseStorage, record: StudyRecord) -> dict[str, Any]:
+def summary(session: Session, storage: BaseStorage, record: StudyRecord) -> StudySummary:
     spec = spec_of(record)
     trials = all_trials(storage, record)
     counts = Counter(t.state.name for t in trials)
@@ -169,36 +169,36 @@ def summary(session: Session, storage: BaseStorage, record: StudyRecord) -> dict
     if complete and not spec.objectives:
         pick = min if spec.direction == "minimize" else max
         b = pick(complete, key=lambda t: t.value)
-        best = {"number": b.number, "value": b.value, "params": b.params}
+        best = BestTrial(b.number, b.value, b.params)
     started = originals(trials)
     budget = budgets.view(session, record, spec, started)
-    return {
-        "name": record.name,
-        "optuna_name": record.optuna_name,
-        "state": state_of(record, started, running, counts.get("WAITING", 0), budget["exhausted"]),
-        "budget": budget,
-        "direction": spec.direction,
-        "n_trials": spec.budget.n_trials,
-        "counts": {s: counts.get(s, 0) for s in STATES},
-        "best_trial": best,
-        "best_trials": pareto_front(storage, record) if spec.objectives else None,
-        "directions": spec.directions(),
-        "created_at": record.created_at,
-        "definition": record.spec,
-        "diagnosis": _diagnosis(spec, trials),
-        "kind": spec.kind,
-        "lr_sweep": lr_analysis.sweep_result(spec, trials),
-        "lr_finder": lr_analysis.finder_result(spec, trials),
-        "lr_range": lr_analysis.lr_range_info(storage, record, spec),
-        "broken": broken(record),
-    }
+    return StudySummary(
+        name=record.name,
+        optuna_name=record.optuna_name,
+        state=state_of(record, started, running, counts.get("WAITING", 0), budget["exhausted"]),
+        budget=budget,
+        direction=spec.direction,
+        n_trials=spec.budget.n_trials,
+        counts={s: counts.get(s, 0) for s in STATES},
+        best_trial=best,
+        best_trials=pareto_front(storage, record) if spec.objectives else None,
+        directions=spec.directions(),
+        created_at=record.created_at,
+        definition=record.spec,
+        diagnosis=_diagnosis(spec, trials),
+        kind=spec.kind,
+        lr_sweep=lr_analysis.sweep_result(spec, trials),
+        lr_finder=lr_analysis.finder_result(spec, trials),
+        lr_range=lr_analysis.lr_range_info(storage, record, spec),
+        broken=broken(record),
+    )
 
 
-def pareto_front(storage: BaseStorage, record: StudyRecord) -> list[dict[str, Any]]:
+def pareto_front(storage: BaseStorage, record: StudyRecord) -> list[FrontTrial]:
     """A multi-objective study's best trials: Optuna's Pareto front (feasible trials only)."""
     with optuna_errors():
         front = optuna.load_study(study_name=record.optuna_name, storage=storage).best_trials
-    return [{"number": t.number, "values": list(t.values), "params": t.params} for t in sorted(front, key=lambda t: t.number)]
+    return [FrontTrial(t.number, list(t.values), t.params) for t in sorted(front, key=lambda t: t.number)]
 
 
 def feasible(t: FrozenTrial) -> bool | None:
@@ -207,18 +207,18 @@ def feasible(t: FrozenTrial) -> bool | None:
     return None if not constraints else all(v <= 0.0 for v in constraints.values())
 
 
-def _diagnosis(spec: StudySpec, trials: list[FrozenTrial]) -> dict[str, Any]:
+def _diagnosis(spec: StudySpec, trials: list[FrozenTrial]) -> Diagnosis:
     diagnosed = [
         Diagnosed(t.user_attrs["diagnosis"], t.params) for t in trials if t.user_attrs.get("diagnosis") in DIAGNOSES
     ]
     fixed_lr = {**defaults_for(spec.workload.model), **spec.workload.fixed}.get("lr")
-    return {
-        "counts": diagnosis_counts(d.diagnosis for d in diagnosed),
-        "hints": hints(diagnosed, fixed_lr=fixed_lr if isinstance(fixed_lr, (int, float)) else None),
-    }
+    return Diagnosis(
+        counts=diagnosis_counts(d.diagnosis for d in diagnosed),
+        hints=hints(diagnosed, fixed_lr=fixed_lr if isinstance(fixed_lr, (int, float)) else None),
+    )
 
 
-def trials(session: Session, storage: BaseStorage, record: StudyRecord) -> list[dict[str, Any]]:
+def trials(session: Session, storage: BaseStorage, record: StudyRecord) -> list[TrialSummary]:
     leases = study_rows.leases_by_trial(session, record.id)
     out = []
     for t in all_trials(storage, record):
@@ -231,28 +231,28 @@ def trials(session: Session, storage: BaseStorage, record: StudyRecord) -> list[
         ended = t.state.is_finished()
         attrs = t.user_attrs if ended else {}
         out.append(
-            {
-                "trial_id": trial_id,
-                "number": t.number,
-                "state": t.state.name,
-                "value": _finite_or_none(t.values[0]) if t.values and len(t.values) == 1 else None,
-                "values": None if t.values is None else [_finite_or_none(v) for v in t.values],
-                "params": t.params,
-                "intermediate_values": {int(k): _finite_or_none(v) for k, v in sorted(t.intermediate_values.items())},
-                "worker_id": lease.worker_id if lease else t.user_attrs.get("worker_id"),
-                "error": attrs.get("error") or (lease.error if lease and ended else None),
-                "reason": attrs.get("reason") or ("lease_lost" if lease and lease.outcome == "lost" and ended else None),
-                "diagnosis": attrs.get("diagnosis"),
-                "metrics": attrs.get("metrics") or {},
-                "distributions": {name: json.loads(distribution_to_json(d)) for name, d in t.distributions.items()},
-                "retry_of": history[-1] if history else None,
-                "carried_from": t.system_attrs.get(CARRIED_KEY),
-                "constraints": {k: (v if math.isfinite(v) else None) for k, v in t.constraints.items()},
-                "feasible": feasible(t),
-                "attempt": len(history) + 1,
-                "datetime_start": t.datetime_start,
-                "datetime_complete": t.datetime_complete,
-            }
+            TrialSummary(
+                trial_id=trial_id,
+                number=t.number,
+                state=t.state.name,
+                value=_finite_or_none(t.values[0]) if t.values and len(t.values) == 1 else None,
+                values=None if t.values is None else [_finite_or_none(v) for v in t.values],
+                params=t.params,
+                intermediate_values={int(k): _finite_or_none(v) for k, v in sorted(t.intermediate_values.items())},
+                worker_id=lease.worker_id if lease else t.user_attrs.get("worker_id"),
+                error=attrs.get("error") or (lease.error if lease and ended else None),
+                reason=attrs.get("reason") or ("lease_lost" if lease and lease.outcome == "lost" and ended else None),
+                diagnosis=attrs.get("diagnosis"),
+                metrics=attrs.get("metrics") or {},
+                distributions={name: json.loads(distribution_to_json(d)) for name, d in t.distributions.items()},
+                retry_of=history[-1] if history else None,
+                carried_from=t.system_attrs.get(CARRIED_KEY),
+                constraints={k: (v if math.isfinite(v) else None) for k, v in t.constraints.items()},
+                feasible=feasible(t),
+                attempt=len(history) + 1,
+                datetime_start=t.datetime_start,
+                datetime_complete=t.datetime_complete,
+            )
         )
     return out
 

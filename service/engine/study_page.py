@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from service.engine.studies import feasible
+from service.engine.summaries import BestTrial, Diagnosis, FrontTrial, StudySummary
 from service.engine.plots import (
     KINDS,
     NothingToPlot,
@@ -61,7 +62,7 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
-def build(summary: dict[str, Any], inputs: PlotInputs) -> str:
+def build(summary: StudySummary, inputs: PlotInputs) -> str:
     """The report page; `summary` is service.engine.studies.summary() of the same study."""
     spec = inputs.spec
     try:
@@ -72,59 +73,59 @@ def build(summary: dict[str, Any], inputs: PlotInputs) -> str:
         found, importance_note = None, exc.detail
     sections = [
         _header(summary, spec.kind),
-        _front(summary.get("best_trials"), inputs.spec) if inputs.spec.objectives else _best(summary.get("best_trial")),
+        _front(summary.best_trials, inputs.spec) if inputs.spec.objectives else _best(summary.best_trial),
         _constraints(spec, inputs.trials),
         _importances(found, importance_note),
-        _diagnosis(summary.get("diagnosis") or {}),
+        _diagnosis(summary.diagnosis),
         # The study API's view (it says "pending" while the range test runs), else the stored one.
-        _lr_range(summary.get("lr_range") or inputs.extra.get("lr_range")),
+        _lr_range(summary.lr_range or inputs.extra.get("lr_range")),
         _plots(inputs, found),
-        _definition(summary.get("definition") or {}),
+        _definition(summary.definition or {}),
     ]
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<meta http-equiv=\"Content-Security-Policy\" content=\"{CSP}\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-        f"<title>hpo report: {e(summary['name'])}</title><style>{STYLE}</style></head>\n<body>\n"
+        f"<title>hpo report: {e(summary.name)}</title><style>{STYLE}</style></head>\n<body>\n"
         + "\n".join(s for s in sections if s)
         + "\n</body></html>\n"
     )
 
 
-def _header(summary: dict[str, Any], kind: str) -> str:
-    counts = summary.get("counts") or {}
+def _header(summary: StudySummary, kind: str) -> str:
+    counts = summary.counts
     cells = "".join(f"<th>{e(state.lower())}</th>" for state in counts)
     values = "".join(f"<td class=\"num\">{e(n)}</td>" for n in counts.values())
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return (
-        f"<h1>Study {e(summary['name'])}</h1>\n"
-        f"<p>Optuna study <code>{e(summary.get('optuna_name', ''))}</code> · kind {e(kind)} · "
-        f"{e(summary.get('direction', ''))} · state {e(summary.get('state', ''))} · "
-        f"budget {e(summary.get('n_trials', ''))} trials · report generated {e(generated)}</p>\n"
+        f"<h1>Study {e(summary.name)}</h1>\n"
+        f"<p>Optuna study <code>{e(summary.optuna_name)}</code> · kind {e(kind)} · "
+        f"{e(summary.direction)} · state {e(summary.state)} · "
+        f"budget {e(summary.n_trials)} trials · report generated {e(generated)}</p>\n"
         f"<table><tr>{cells}</tr><tr>{values}</tr></table>"
     )
 
 
-def _best(best: dict[str, Any] | None) -> str:
+def _best(best: BestTrial | None) -> str:
     if not best:
         return "<h2>Best trial</h2>\n<p class=\"note\">No complete trial yet.</p>"
-    rows = "".join(f"<tr><th>{e(k)}</th><td>{e(fmt(v))}</td></tr>" for k, v in sorted(best.get("params", {}).items()))
+    rows = "".join(f"<tr><th>{e(k)}</th><td>{e(fmt(v))}</td></tr>" for k, v in sorted(best.params.items()))
     return (
-        f"<h2>Best trial</h2>\n<p id=\"best\">Trial {e(best['number'])}: objective <strong>{e(fmt(best['value']))}</strong></p>\n"
+        f"<h2>Best trial</h2>\n<p id=\"best\">Trial {e(best.number)}: objective <strong>{e(fmt(best.value))}</strong></p>\n"
         f"<table><tr><th>parameter</th><th>value</th></tr>{rows}</table>"
     )
 
 
-def _front(front: list[dict[str, Any]] | None, spec: Any) -> str:
+def _front(front: list[FrontTrial] | None, spec: Any) -> str:
     if not front:
         return "<h2>Pareto front</h2>\n<p class=\"note\">No complete trial yet.</p>"
     names = [o.name for o in spec.objectives]
-    params = sorted({k for t in front for k in t["params"]})
+    params = sorted({k for t in front for k in t.params})
     head = "".join(f"<th>{e(n)} ({e(o.direction)})</th>" for n, o in zip(names, spec.objectives)) + "".join(f"<th>{e(p)}</th>" for p in params)
     rows = "".join(
-        f"<tr><td class=\"num\">{e(t['number'])}</td>"
-        + "".join(f"<td class=\"num\">{e(fmt(v))}</td>" for v in t["values"])
-        + "".join(f"<td>{e(fmt(t['params'].get(p, '')))}</td>" for p in params)
+        f"<tr><td class=\"num\">{e(t.number)}</td>"
+        + "".join(f"<td class=\"num\">{e(fmt(v))}</td>" for v in t.values)
+        + "".join(f"<td>{e(fmt(t.params.get(p, '')))}</td>" for p in params)
         + "</tr>"
         for t in front
     )
@@ -158,9 +159,8 @@ def _importances(found: dict[str, float] | None, note: str) -> str:
     )
 
 
-def _diagnosis(diagnosis: dict[str, Any]) -> str:
-    counts = diagnosis.get("counts") or {}
-    hints = diagnosis.get("hints") or []
+def _diagnosis(diagnosis: Diagnosis) -> str:
+    counts, hints = diagnosis.counts, diagnosis.hints
     rows = "".join(f"<tr><td>{e(k.replace('_', ' '))}</td><td class=\"num\">{e(n)}</td></tr>" for k, n in counts.items())
     table = f"<table><tr><th>learning curve</th><th>trials</th></tr>{rows}</table>" if rows else ""
     advice = "".join(f"<li>{e(h)}</li>" for h in hints)
