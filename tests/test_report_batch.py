@@ -60,6 +60,29 @@ def sessions(settings: Settings) -> Iterator[Any]:
     engine.dispose()
 
 
+def test_a_batch_refreshes_its_studys_trial_view_once(
+    api: Any, make_token: Any, team: str, settings: Settings, sessions: Any, db_url: str, monkeypatch: Any
+) -> None:
+    """The batch's database work does not grow with its reports (reports.py, step 4): one
+    refresh of the view per study, however many of its trials report in the batch."""
+    from service.engine.coordination import StudyTrials
+
+    admin, worker = make_token(team), make_token(team, "worker")
+    definition = digits_definition("viewed", budget={"n_trials": 10, "max_concurrent": 10})
+    definition["pruner"] = {"kind": "median", "n_startup_trials": 0}
+    assert api.post("/api/v1/studies", json=definition, headers=auth(admin)).status_code == 201
+    held = [claim(api, worker, "viewed") for _ in range(5)]
+    refreshes: list[int] = []
+    original = StudyTrials.refresh_on
+    monkeypatch.setattr(StudyTrials, "refresh_on", lambda self, conn: (refreshes.append(self.study_id), original(self, conn))[1])
+    batch = [PendingReport(worker, a["trial_id"], a["lease_id"], 1, 0.5, authorize=_authorize) for a in held]
+    with sessions() as session:
+        outcomes = report_batcher.decide(session, _Runtime(make_storage(db_url, settings), settings), batch)
+        session.commit()
+    assert outcomes == [False] * 5
+    assert len(refreshes) == 1, refreshes
+
+
 def test_one_batch_gives_each_report_its_own_answer(api: Any, make_token: Any, team: str, settings: Settings, sessions: Any, db_url: str) -> None:
     admin, worker, viewer = make_token(team), make_token(team, "worker"), make_token(team, "viewer")
     other = make_token(f"{team}-other")

@@ -131,7 +131,9 @@ def _round(
     flat = [(i, h, judge) for i, h, judge in held if not judge.by_optuna]
     conn = session.connection()
     stored = optuna_rows.insert_values_and_summarize(conn, [(h.lease.trial_id, reports[i][1].step, reports[i][1].value) for i, h, _ in flat])
-    views = {j.study_id: state.views.study_trials(storage, j.study_id, conn=conn) for _, _, j in flat if j.needs_view}
+    # One refresh per study in the batch, however many of its trials report in it.
+    studies = {j.study_id for _, _, j in flat if j.needs_view}
+    views = {study_id: state.views.study_trials(storage, study_id, conn=conn) for study_id in sorted(studies)}
     for i, h, judge in flat:
         r = reports[i][1]
         curve = stored.get(r.trial_id)
