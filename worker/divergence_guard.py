@@ -31,7 +31,8 @@ class _Guard:
     def __init__(self, factor: float) -> None:
         self.factor = factor
         self.first: float | None = None
-        self._pending: list[tuple[int, int, torch.Tensor]] = []  # (step, batch length, loss on device)
+        # (step, batch length, loss on device; None where the caller reads the losses back itself)
+        self._pending: list[tuple[int, int, torch.Tensor | None]] = []
         self.loss_sum = 0.0
         self.samples = 0
 
@@ -41,11 +42,16 @@ class _Guard:
     def add(self, step: int, n: int, loss: torch.Tensor) -> None:
         self._pending.append((step, n, loss.detach()))
 
+    def add_read_elsewhere(self, step: int, n: int) -> None:
+        """A batch whose loss the caller reads back with others' and hands to `check` as values (the
+        fused trainer: one read for all its members)."""
+        self._pending.append((step, n, None))
+
     def due(self) -> bool:
         return len(self._pending) >= CHECK_EVERY
 
     def pending(self) -> list[torch.Tensor]:
-        return [loss for _, _, loss in self._pending]
+        return [loss for _, _, loss in self._pending if loss is not None]
 
     def check(self, epoch: int, values: list[float] | None = None) -> None:
         """Raise _Diverged at the first bad pending loss. `values`: the pending losses already read

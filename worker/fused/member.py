@@ -1,0 +1,144 @@
+"""One member of a fused group: the trial's own run, as the unfused trainer would hold it.
+
+A member is a `worker.training_run._Run` (its model, its torch optimizer and LR schedule, its
+shuffle generator, its divergence guard, its epoch and history), set up exactly as
+`worker.trainer.train` sets up a run, so its initial weights, data order and checkpoints are the
+unfused run's. What fusing changes: its model's parameters are views into the group's stacked
+tensors, its optimizer is never stepped (worker/fused/stacked_optim.py steps the stack with the
+hyperparameters read from it, and its LR schedule still moves its learning rate), and its RNG is
+a pair of generators of its own instead of torch's global one (worker/fused/masks.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from service.spec import Workload
+from worker.checkpoint import CheckpointError, config_digest, load_checkpoint
+from worker.data import Split
+from worker.divergence_guard import _Guard
+from worker.fused.masks import MemberRng, WindowMasks
+from worker.fused.stacked_models import dropout_of
+from worker.models import build_model
+from worker.optim import build_optimizer
+from worker.schedules import build_schedule
+from worker.training_run import EpochResult, _Run
+
+
+@dataclass(eq=False)
+class Member:
+    key: Any  # the caller's name for it (a trial)
+    run: _Run
+    rng: MemberRng
+    dropout: float
+    grad_clip: float
+    window: WindowMasks | None  # the mlp's masks; None for the cnn (drawn per batch)
+    # Its optimizer state while it is not in a stack (a new member, or between two stacks).
+    exported: dict[str, Any] | None = None
+    # The untrained validation loss, handed out with the first result it yields (EpochResult).
+    initial_to_hand_out: float | None = None
+    # Set within an epoch when its divergence guard fired: (reason, loss, training loss so far).
+    diverged: tuple[str, float, float] | None = None
+    lr: float = 0.0  # the LR of the epoch it is in
+
+    @property
+    def epoch(self) -> int:
+        return self.run.epoch
+
+    @property
+    def finished(self) -> bool:
+        return self.run.epoch >= self.run.workload.epochs
+
+
+def new_member(
+    key: Any,
+    workload: Workload,
+    hp: dict[str, Any],
+    data: Split,
+    device: torch.device,
+    *,
+    resume: bytes | None = None,
+) -> Member:
+    """The member for one trial, set up as `train(workload, hp, device)` would set its run up
+    (same seed, same initial weights, same shuffle), without touching torch's global RNG."""
+    saved = None if resume is None else load_checkpoint(resume)
+    config = config_digest(workload, hp)
+    if saved is not None and saved["config"] != config:
+        raise CheckpointError("the checkpoint was made for other hyperparameters or another workload")
+    seed = workload.seed % 2**63
+    rng = MemberRng(device)
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        model = build_model(workload.model, data.input_shape, data.n_outputs, hp, workload.block).to(device)
+        rng.capture()
+        optimizer = build_optimizer(model.parameters(), hp)
+        # Never stepped itself (the stack is): tell its LR schedule that steps happen, as torch's
+        # own wrapper of step() would, or the schedule warns of the order at every epoch.
+        optimizer._opt_called = True  # type: ignore[attr-defined]
+        schedule = build_schedule(optimizer, hp, workload.epochs)
+        shuffle = torch.Generator(device=device)
+        shuffle.manual_seed(seed)
+        run = _Run(
+            workload=workload,
+            hp=hp,
+            device=device,
+            data=data,
+            model=model,
+            optimizer=optimizer,
+            schedule=schedule,
+            shuffle=shuffle,
+            guard=_Guard(workload.divergence_factor),
+            config=config,
+        )
+        if saved is None:
+            run.score_untrained()
+        else:
+            # _Run.restore sets the global RNG to the saved one: take it over from there.
+            run.restore(saved)
+            rng.capture()
+    dropout = dropout_of(model)
+    window = None
+    if workload.model == "mlp":
+        widths = [m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        window = WindowMasks(rng, dropout, widths, int(hp["batch_size"]), device)
+    return Member(
+        key=key,
+        run=run,
+        rng=rng,
+        dropout=dropout,
+        grad_clip=float(hp.get("grad_clip") or 0.0),
+        window=window,
+        initial_to_hand_out=run.initial_val_loss,
+    )
+
+
+def snapshot(member: Member, optimizer_state: dict[torch.Tensor, dict[str, Any]]) -> dict[str, Any]:
+    """The member's checkpoint dict, exactly `_Run.snapshot`'s layout (worker/trainer.py documents
+    it), with its own RNG in place of the global one and its optimizer state from the stack."""
+    run = member.run
+    devices = [run.device] if run.device.type == "cuda" else []
+    run.optimizer.state.update(optimizer_state)
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.set_rng_state(member.rng.cpu.get_state())
+            if member.rng.device is not None:
+                torch.cuda.set_rng_state(member.rng.device.get_state(), run.device)
+            state = run.snapshot()
+    finally:
+        run.optimizer.state.clear()
+    # Its parameters are views into the stack: copies, or torch.save would write the whole stack.
+    state["model"] = {name: t.clone() for name, t in state["model"].items()}
+    return state
+
+
+def result(member: Member, **values: Any) -> EpochResult:
+    """An EpochResult of the member's current epoch, handing out its untrained loss the first time."""
+    out = EpochResult(
+        epoch=member.run.epoch + 1, lr=member.lr, initial_val_loss=member.initial_to_hand_out, **values
+    )
+    member.initial_to_hand_out = None
+    return out
