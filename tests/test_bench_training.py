@@ -1,4 +1,4 @@
-"""The training benchmarks (bench/pruning.py, bench/trainer_speed.py, bench/gpu_packing.py) at
+"""The training benchmarks (bench/pruning.py, bench/trainer_speed.py, bench/gpu_packing.py, bench/fused.py) at
 their `--tiny` size: each runs to the end and prints its one summary line. No timing is asserted:
 the numbers belong in docs/benchmarks.md, measured at full size."""
 
@@ -93,3 +93,8 @@ def test_gpu_packing_without_cuda_is_skipped() -> None:
         pytest.skip("a CUDA device is present: the script would measure instead of skipping")
     line = summary(run_bench("gpu_packing", "--tiny"), "gpu_packing")
     assert line == "SUMMARY gpu_packing: skipped (no CUDA device)"
+
+
+def test_fused_tiny() -> None:
+    line = summary(run_bench("fused", "--tiny"), "fused")
+    assert re.search(r"K=2 fused / alone trial-epochs/s = mlp32 \d+\.\dx, cnn8 \d+\.\dx; fused / 2 slots = mlp32 \d+\.\dx, cnn8 \d+\.\dx$", line), line

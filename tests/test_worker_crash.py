@@ -38,14 +38,19 @@ def acked_steps(logs: Path, trial_id: int) -> list[int]:
     return steps
 
 
-def test_sigkill_mid_trial_is_retried_and_resumed(db_url: str, make_token: Any, team: str, tmp_path: Any) -> None:
-    server = LiveServer(
+def crash_server(db_url: str, tmp_path: Path) -> LiveServer:
+    """A server that notices a silent worker within seconds: 4 s leases, the reaper every second."""
+    return LiveServer(
         db_url,
         HPO_LEASE_SECONDS="4",
         HPO_HEARTBEAT_SECONDS="1",
         HPO_REAPER_SECONDS="1",
         HPO_ARTIFACT_DIR=str(tmp_path / "artifacts"),
     )
+
+
+def test_sigkill_mid_trial_is_retried_and_resumed(db_url: str, make_token: Any, team: str, tmp_path: Any) -> None:
+    server = crash_server(db_url, tmp_path)
     token = make_token(team)
     definition = digits_definition(
         "crash",

@@ -29,6 +29,15 @@ def worker(
         Optional[int],
         typer.Option(min=1, help="Trials trained at once on the device, each in a process of its own (env HPO_SLOTS; default 1)"),
     ] = None,
+    fuse: Annotated[
+        Optional[int],
+        typer.Option(
+            min=1,
+            max=64,
+            help="Train up to K trials of one shape at once as one batched model (built-in mlp and cnn; "
+            "README: Fused trials; env HPO_FUSE; default 1: one at a time)",
+        ),
+    ] = None,
     study: Annotated[Optional[list[str]], typer.Option("--study", help="Only claim from this study (repeatable)")] = None,
     data_root: Annotated[
         Optional[Path], typer.Option(help="Directory dataset files are read from; nothing is downloaded (env HPO_DATA_ROOT)")
@@ -89,6 +98,7 @@ def worker(
         trial_memory_mb=trial_memory_mb or settings.trial_memory_mb,
     )
     slots = slots or settings.slots
+    fuse = fuse or settings.fuse
     if slots > 1:
         # A supervisor of `slots` slot processes (worker/slots.py); it never imports torch itself.
         from worker.slots import SlotConfig, default_threads, run_slots
@@ -107,6 +117,7 @@ def worker(
             verbose=verbose,
             max_trials=max_trials,
             exit_when_idle=exit_when_idle,
+            fuse=fuse,
         )
         raise typer.Exit(run_slots(config, slots))
 
@@ -126,10 +137,11 @@ def worker(
         data_root=data_root or settings.data_root,
         policy=policy,
         ack_log=settings.ack_log,
+        fuse=fuse,
     )
     runner.install_signal_handlers()
     log = logging.getLogger("hpo.worker")
-    log.info("worker %s on %s", runner.worker_id, runner.device)
+    log.info("worker %s on %s%s", runner.worker_id, runner.device, f", up to {fuse} trials fused" if fuse > 1 else "")
     if policy.allow_plugins or policy.allow_commands:
         log.info("user workloads allowed: plugins %s, commands %s", policy.allow_plugins, policy.allow_commands)
     try:

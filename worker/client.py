@@ -106,6 +106,26 @@ class ServiceClient:
             return None
         return Assignment.model_validate(response.json())
 
+    def claim_group(
+        self, worker_id: str, studies: list[str] | None, max_trials: int, like: Assignment | None = None
+    ) -> tuple[list[Assignment], str | None] | None:
+        """Up to `max_trials` trials to train fused, and why they train alone when they must
+        (`hpo worker --fuse K`); None when there is no work. `like`: a running member of the
+        worker's group, to claim only trials that fuse with it (LeaseLost if it is no longer ours)."""
+        body: dict[str, Any] = {"worker_id": worker_id, "studies": studies, "max_trials": max_trials}
+        if like is not None:
+            body["like"] = {"trial_id": like.trial_id, "lease_id": like.lease_id}
+        try:
+            response = self._request("POST", "/api/v1/trials/claim-group", json=body, retry_for=self.retry_for)
+        except ProtocolError as exc:
+            if like is not None and exc.status in (404, 410):
+                raise LeaseLost(exc.status, exc.detail) from exc
+            raise
+        if response.status_code == 204:
+            return None
+        answer = response.json()
+        return [Assignment.model_validate(a) for a in answer["assignments"]], answer.get("alone")
+
     def _trial_call(
         self, a: Assignment, method: str, call: str, *, retry_for: float | None = None, **kwargs: Any
     ) -> httpx.Response:

@@ -22,7 +22,7 @@ Dropout draws its masks as `uniform >= p` for many batches at once: the same Ber
 keep-probability 1 - p and scaling as nn.Dropout (relu(x) * m equals relu(x * m) for m >= 0, so
 ReLU and Dropout in either order are the same block), seeded from torch's global RNG, so a
 checkpoint between epochs still resumes exactly; but not the same random numbers as nn.Dropout
-draws (see `_uniform_source`).
+draws (see `uniform_source`).
 
 `tests/test_mlp_step.py` checks the gradients against autograd's on the same masks.
 """
@@ -129,11 +129,10 @@ class MlpStep:
         """The dropout masks of the batch that starts at row `start` of the epoch."""
         if start not in self._mask_rows:
             batch = self._batch
-            widest = max(layer.linear.out_features for layer in self.layers)
-            rows = max(batch, MASK_VALUES // widest // batch * batch)
+            rows = mask_window_rows(batch, max(layer.linear.out_features for layer in self.layers))
             end = min(start + rows, self._n_rows)
             self._mask_rows = range(start, end)
-            uniform = _uniform_source(self.layers[0].linear.weight.device)
+            uniform = uniform_source(self.layers[0].linear.weight.device)
             self._masks = [
                 None
                 if layer.dropout == 0
@@ -184,16 +183,23 @@ class MlpStep:
             self.optimizer.step()
 
 
-def _uniform_source(device: torch.device) -> Callable[[int, int], torch.Tensor]:
+def mask_window_rows(batch: int, widest: int) -> int:
+    """How many rows of masks are drawn at once: whole batches, about MASK_VALUES values."""
+    return max(batch, MASK_VALUES // widest // batch * batch)
+
+
+def uniform_source(device: torch.device, generator: torch.Generator | None = None) -> Callable[[int, int], torch.Tensor]:
     """Uniform [0, 1) float32 draws for dropout masks, seeded from torch's global RNG (which a
     checkpoint saves), so the masks still follow the workload's seed and resume exactly.
+    `generator`: a torch generator to draw from instead of the global one (a fused member's).
 
     On CPU from numpy's PCG64: 2 ns a value here, against 4 for torch's mt19937 (`torch.rand`),
     whose draws were a tenth of a batch-32 step. On other devices, torch's own generator there."""
     if device.type != "cpu":
-        return lambda rows, width: torch.rand(rows, width, device=device)
-    generator = np.random.Generator(np.random.PCG64(int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))))
-    return lambda rows, width: torch.from_numpy(generator.random((rows, width), dtype=np.float32))
+        return lambda rows, width: torch.rand(rows, width, device=device, generator=generator)
+    seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64, generator=generator))
+    numpy_generator = np.random.Generator(np.random.PCG64(seed))
+    return lambda rows, width: torch.from_numpy(numpy_generator.random((rows, width), dtype=np.float32))
 
 
 class _FusedAdam:

@@ -116,6 +116,8 @@ class Runner:
     # Who keeps each trial's lease alive: a heartbeat thread of this process, or in a trial slot
     # the supervisor's shared heartbeat (worker/slots.py).
     lease_keeper: Callable[[ServiceClient, Assignment], LeaseKeeper] = _Heartbeat
+    # Trials trained at once as one batched model (--fuse K, worker/fused/group_run.py); 1: one at a time.
+    fuse: int = 1
 
     def install_signal_handlers(self) -> None:
         def _handle(signum: int, _frame: object) -> None:
@@ -132,17 +134,17 @@ class Runner:
         idle_since = time.monotonic()
         while not self.stop.is_set() and (max_trials is None or done < max_trials):
             try:
-                assignment = self.client.claim(self.worker_id, self.studies)
+                claimed = self._claim(None if max_trials is None else max_trials - done)
             except ProtocolError as exc:
                 if exc.status in (401, 403):
                     # A revoked, expired or wrong-role token will not start working by itself.
                     raise TokenRefused(exc.detail) from exc
                 log.warning("claim failed: %s", exc)
-                assignment = None
+                claimed = None
             except Exception as exc:  # the service is away: wait and ask again
                 log.warning("claim failed: %s", exc)
-                assignment = None
-            if assignment is None:
+                claimed = None
+            if claimed is None:
                 if exit_when_idle is not None and time.monotonic() - idle_since > exit_when_idle:
                     break
                 # Wait with backoff and jitter, so an idle pool does not hammer the service.
@@ -150,13 +152,27 @@ class Runner:
                 backoff = min(backoff * 2, self.max_idle_backoff)
                 continue
             backoff = 0.5
-            try:
-                self.run_trial(assignment)
-            except Exception as exc:  # e.g. the finish could not be delivered: the lease will expire
-                log.error("trial %s#%d could not be finished: %s", assignment.study, assignment.number, exc)
-            done += 1
+            assignments, alone = claimed
+            if self.fuse > 1 and alone is None:
+                from worker.fused.group_run import GroupRun
+
+                done += GroupRun(self, self.fuse).run(assignments)
+            else:
+                for assignment in assignments:
+                    try:
+                        self.run_trial(assignment)
+                    except Exception as exc:  # e.g. the finish could not be delivered: the lease will expire
+                        log.error("trial %s#%d could not be finished: %s", assignment.study, assignment.number, exc)
+                    done += 1
             idle_since = time.monotonic()
         return done
+
+    def _claim(self, left: int | None) -> tuple[list[Assignment], str | None] | None:
+        """The next trial, or with --fuse K up to K of them (and why they train alone, if so)."""
+        if self.fuse > 1:
+            return self.client.claim_group(self.worker_id, self.studies, min(self.fuse, left or self.fuse))
+        assignment = self.client.claim(self.worker_id, self.studies)
+        return None if assignment is None else ([assignment], "")
 
     def run_trial(self, a: Assignment) -> TrialOutcome:
         started = time.monotonic()
@@ -174,8 +190,13 @@ class Runner:
         if outcome.state is None:
             # Abandoned: whatever the trial left on the device goes before the next claim.
             release_device_memory(self.device)
+        self.log_outcome(a, outcome, started)
+        return outcome
+
+    def log_outcome(self, a: Assignment, outcome: TrialOutcome, started: float, *, fused: bool = False) -> None:
+        """The worker's one line per trial."""
         log.info(
-            "trial %s#%d params=%s outcome=%s%s value=%s epochs=%d time=%.1fs%s",
+            "trial %s#%d params=%s outcome=%s%s value=%s epochs=%d time=%.1fs%s%s",
             a.study,
             a.number,
             a.params,
@@ -184,9 +205,9 @@ class Runner:
             "-" if outcome.value is None else f"{outcome.value:.5g}",
             outcome.epochs,
             time.monotonic() - started,
+            " fused" if fused else "",
             f" error={outcome.error}" if outcome.error else "",
         )
-        return outcome
 
     def _finish(self, a: Assignment, outcome: TrialOutcome, outbox: Outbox) -> None:
         """Deliver the queued reports, then the finish, through an outage of up to

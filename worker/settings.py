@@ -25,6 +25,8 @@ class WorkerSettings(BaseSettings):
     threads: int | None = None  # torch CPU threads; None leaves torch's default
     # Trials run at once on the device, each in a process of its own (worker/slots.py).
     slots: int = Field(1, ge=1)
+    # Trials trained at once as one batched model (worker/fused/); 1: not fused.
+    fuse: int = Field(1, ge=1, le=64)
     request_timeout: float = 30.0
     # Where datasets are read from and downloaded to (passed to the trainer and to user workloads).
     data_root: Path | None = None

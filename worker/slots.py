@@ -81,6 +81,7 @@ class SlotConfig:
     verbose: bool = False
     max_trials: int | None = None
     exit_when_idle: float | None = None
+    fuse: int = 1  # trials each slot trains at once as one batched model (--fuse K)
 
 
 # ---------------------------------------------------------------- the slot process
@@ -143,6 +144,7 @@ def slot_runner(config: SlotConfig, index: int, conn: Connection, lost_trial: An
         policy=config.policy,
         ack_log=config.ack_log,
         lease_keeper=lambda _client, a: _SlotLease(conn, lost_trial, a),
+        fuse=config.fuse,
     )
 
 

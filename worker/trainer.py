@@ -28,7 +28,7 @@ import torch
 
 from service.spec import Workload
 from worker.checkpoint import CheckpointError, config_digest, load_checkpoint
-from worker.data import load_split
+from worker.data import Split, load_split
 from worker.divergence_guard import _Guard
 from worker.models import build_model, uses_batchnorm
 from worker.optim import build_optimizer
@@ -68,28 +68,44 @@ def train(
     """
     if not workload.is_builtin:
         raise ValueError(f"train() runs the built-in models (mlp, cnn), not {workload.model!r}")
-    saved = None if resume is None else load_checkpoint(resume)
-    config = config_digest(workload, hp)
-    if saved is not None and saved["config"] != config:
-        raise CheckpointError("the checkpoint was made for other hyperparameters or another workload")
+    saved, config = checked_resume(resume, workload, hp)
     device = torch.device(device)
     if device.type == "cuda":
         # Every batch of a trial has the same input shape (except a shorter last one), so cuDNN's
         # one-off benchmark of the convolution algorithms for each shape pays for itself.
         torch.backends.cudnn.benchmark = True
     # torch accepts seeds up to 64 bits; a workload seed is any int.
-    seed = workload.seed % 2**63
-    torch.manual_seed(seed)
-
+    torch.manual_seed(workload.seed % 2**63)
     data = load_split(
         workload.dataset, val_fraction=workload.val_fraction, seed=workload.seed, device=device, data_root=data_root
     )
+    run = build_run(workload, hp, device, data, config)
+    if saved is None:
+        run.score_untrained()
+    else:
+        run.restore(saved)
+    return Training(run)
+
+
+def checked_resume(resume: bytes | None, workload: Workload, hp: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """The checkpoint `resume` loaded (None without one) and the run's config digest; raises
+    CheckpointError when the checkpoint is another configuration's."""
+    saved = None if resume is None else load_checkpoint(resume)
+    config = config_digest(workload, hp)
+    if saved is not None and saved["config"] != config:
+        raise CheckpointError("the checkpoint was made for other hyperparameters or another workload")
+    return saved, config
+
+
+def build_run(workload: Workload, hp: dict[str, Any], device: torch.device, data: Split, config: str) -> _Run:
+    """A run's model, optimizer, LR schedule and shuffle, set up in that order; the model's
+    initial weights are drawn from torch's global RNG as it stands (the caller seeds it), and
+    nothing after them draws from it."""
     model = build_model(workload.model, data.input_shape, data.n_outputs, hp, workload.block).to(device)
     batch_size = int(hp["batch_size"])
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    batchnorm = uses_batchnorm(model)
-    if batchnorm and batch_size == 1:
+    if uses_batchnorm(model) and batch_size == 1:
         # torch refuses to train BatchNorm on one sample ("tiny batches break BatchNorm",
         # HYPERPARAMETERS.md, Batch size); say so plainly instead.
         raise ValueError("batchnorm needs batch_size >= 2: BatchNorm cannot normalise a batch of one sample")
@@ -98,8 +114,8 @@ def train(
     # A generator of its own on the device, so the shuffle order depends only on the seed,
     # not on whatever else used the global RNG in between.
     shuffle = torch.Generator(device=device)
-    shuffle.manual_seed(seed)
-    run = _Run(
+    shuffle.manual_seed(workload.seed % 2**63)
+    return _Run(
         workload=workload,
         hp=hp,
         device=device,
@@ -111,11 +127,6 @@ def train(
         guard=_Guard(workload.divergence_factor),
         config=config,
     )
-    if saved is None:
-        run.score_untrained()
-    else:
-        run.restore(saved)
-    return Training(run)
 
 
 class Training(Iterator[EpochResult]):

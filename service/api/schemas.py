@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from service.db.models import ROLES
-from service.spec import NAME_PATTERN, NAME_RULE, FinishState
+from service.spec import NAME_PATTERN, NAME_RULE, Assignment, FinishState
 from service.spec.limits import bad_text, clean_text
 
 Role = Literal[ROLES]  # type: ignore[valid-type]
@@ -199,6 +199,24 @@ class ClaimRequest(BaseModel):
 
 class LeaseRequest(BaseModel):
     lease_id: Text = Field(min_length=1, max_length=36)
+
+
+class GroupMember(LeaseRequest):
+    trial_id: int = Field(ge=0, le=2**63 - 1)
+
+
+class ClaimGroupRequest(ClaimRequest):
+    max_trials: int = Field(ge=1, le=64, description="the most trials to claim at once (a worker's --fuse K)")
+    like: GroupMember | None = Field(
+        None,
+        description="a running trial of this worker's group (its id and lease): claim only trials that fuse with it, "
+        "from its study (a refill after members were pruned); `studies` is then ignored",
+    )
+
+
+class GroupAssignment(BaseModel):
+    assignments: list[Assignment]
+    alone: str | None = Field(None, description="why this one trial trains alone rather than fused; null for a group")
 
 
 class ReportRequest(LeaseRequest):

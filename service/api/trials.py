@@ -17,9 +17,11 @@ from service.api.deps import Bearer, RuntimeDep, WorkerBearer, WorkerCall, Worke
 from service.api.report_batcher import PendingReport, ReportBatcher
 from service.api.schemas import (
     MAX_STEP,
+    ClaimGroupRequest,
     ClaimRequest,
     FinishRequest,
     FinishResponse,
+    GroupAssignment,
     HeartbeatResponse,
     LeaseRequest,
     ReportRequest,
@@ -27,7 +29,7 @@ from service.api.schemas import (
     Text,
 )
 from service.db.teams import Principal
-from service.engine import leases, reports, team_claims, trials
+from service.engine import group_claims, leases, reports, team_claims, trials
 from service.errors import InvalidRequest, LeaseLost
 from service.spec import Assignment
 from service.spec.limits import MAX_DEPTH
@@ -52,6 +54,31 @@ async def claim(body: ClaimRequest, runtime: RuntimeDep, call: WorkerCall) -> An
     assignment = await call.run(work)
     metrics.CLAIMS.labels(outcome="no_work" if assignment is None else "assigned").inc()
     return Response(status_code=204) if assignment is None else assignment
+
+
+@router.post(
+    "/claim-group",
+    response_model=GroupAssignment,
+    responses={200: {"description": "one to max_trials assignments of one study"}, 204: {"description": "no work right now"}, **_LEASE_LOST},
+)
+async def claim_group(body: ClaimGroupRequest, runtime: RuntimeDep, call: WorkerCall) -> Any:
+    """Up to `max_trials` trials that train fused, as one batched model (README, "Fused trials"):
+    they share the shape params; `alone` says why a single trial cannot be fused."""
+
+    def work(caller: Principal, session: Session) -> group_claims.Group | None:
+        args = (session, runtime.storage, runtime.state, caller.team)
+        if body.like is not None:
+            like = (body.like.trial_id, body.like.lease_id)
+            return group_claims.refill(*args, like, body.worker_id, runtime.settings, body.max_trials)
+        return group_claims.claim_group(*args, body.studies, body.worker_id, runtime.settings, body.max_trials)
+
+    group = await call.run(work)
+    for _ in group.assignments if group is not None else ():
+        metrics.CLAIMS.labels(outcome="assigned").inc()
+    if group is None:
+        metrics.CLAIMS.labels(outcome="no_work").inc()
+        return Response(status_code=204)
+    return GroupAssignment(assignments=group.assignments, alone=group.alone)
 
 
 _REPORT_BODY = {

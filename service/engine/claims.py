@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 import warnings
 from datetime import timedelta
+from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage
@@ -19,7 +20,7 @@ from service.db import studies as study_rows
 from service.db.models import Lease
 from service.engine import budgets, checkpoints
 from service.engine.optuna_adapter import rows as optuna_rows
-from service.engine.optuna_adapter.internals import created_trial
+from service.engine.optuna_adapter.internals import created_trial, next_waiting
 from service.engine.optuna_adapter.internals import trial_id as trial_id_of
 from service.engine.factories import load_study, suggest
 from service.engine.lr_analysis import effective_spec
@@ -32,8 +33,17 @@ from service.spec import Assignment
 
 
 def try_claim(
-    session: Session, storage: BaseStorage, state: EngineState, study_id: int, worker_id: str, settings: Settings
+    session: Session,
+    storage: BaseStorage,
+    state: EngineState,
+    study_id: int,
+    worker_id: str,
+    settings: Settings,
+    pinned: dict[str, Any] | None = None,
 ) -> Assignment | None:
+    """The study's next trial, or None. `pinned`: params the trial must have (a fused group's
+    shape, engine/group_claims.py): sampled around them, and a queued retry is handed out only
+    if it has them (else None: it waits for a claim it fits)."""
     record = study_rows.lock_study(session, study_id)
     if record is None or record.stopped:
         return None
@@ -59,8 +69,12 @@ def try_claim(
     started = known.originals
     if started >= spec.budget.n_trials and not known.waiting:
         return None
+    if pinned and known.waiting and not _next_waiting_fits(storage, study_id, pinned):
+        return None
     with optuna_errors():
-        study = load_study(storage, record.optuna_name, spec, n_claimed=started, search_spaces=known.search_spaces)
+        study = load_study(
+            storage, record.optuna_name, spec, n_claimed=started, search_spaces=known.search_spaces, pinned=pinned
+        )
         # A WAITING retry comes first (Optuna pops it), keeping its params and inherited curve.
         with warnings.catch_warnings():
             # Optuna expects heartbeats only inside study.optimize; here leases drive them.
@@ -119,3 +133,15 @@ def try_claim(
         finder=spec.finder if spec.kind == "lr_finder" else None,
         objectives=[o.name for o in spec.objectives] if spec.objectives else None,
     )
+
+
+def _next_waiting_fits(storage: BaseStorage, optuna_study_id: int, pinned: dict[str, Any]) -> bool:
+    """Whether the WAITING trial ask() would pop next has the pinned params. A retry keeps its
+    params; one of another shape waits for a group it fits."""
+    with optuna_errors():
+        first = next_waiting(storage, optuna_study_id)
+    if first is None:
+        return True
+    # A retry has its params; a trial enqueued (optuna-dashboard, enqueue_trial) only fixed ones.
+    given = {**first.system_attrs.get("fixed_params", {}), **first.params}
+    return all(given.get(name, value) == value for name, value in pinned.items())

@@ -217,9 +217,16 @@ def load_study(
     spec: StudySpec,
     n_claimed: int = 0,
     search_spaces: dict[str, Any] | None = None,
+    pinned: dict[str, Any] | None = None,
 ) -> optuna.Study:
-    """`search_spaces`: the study's kept search spaces (keep_search_spaces), for a claim."""
+    """`search_spaces`: the study's kept search spaces (keep_search_spaces), for a claim.
+    `pinned`: params every trial asked from this study takes as given, the rest sampled as
+    usual (Optuna's PartialFixedSampler): a fused group's shape (engine/group_claims.py)."""
     sampler = build_sampler(spec, n_claimed)
     if search_spaces is not None:
         keep_search_spaces(sampler, search_spaces)
+    if pinned:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler = optuna.samplers.PartialFixedSampler(pinned, sampler)
     return optuna.load_study(study_name=optuna_name, storage=storage, sampler=sampler, pruner=build_pruner(spec))

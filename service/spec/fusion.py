@@ -35,6 +35,12 @@ SHAPE_PARAMS: dict[str, tuple[str, ...]] = {
 }
 
 
+def group_params(model: str) -> tuple[str, ...]:
+    """The params a group claim pins to its first member's values: the shape, and batchnorm,
+    which decides whether a trial can be fused at all."""
+    return (*SHAPE_PARAMS.get(model, ()), "batchnorm")
+
+
 def not_fusable(workload: Workload, hp: Mapping[str, Any]) -> str | None:
     """Why a trial of `workload` with the full hyperparameters `hp` cannot be fused; None if it can."""
     if workload.model not in SHAPE_PARAMS:

@@ -13,10 +13,9 @@ unfused run's (tests/test_fused_trainer.py).
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from worker.mlp_step import MASK_VALUES
+from worker.mlp_step import mask_window_rows, uniform_source
 
 
 class MemberRng:
@@ -42,27 +41,17 @@ class WindowMasks:
     def __init__(self, rng: MemberRng, dropout: float, widths: list[int], batch: int, device: torch.device) -> None:
         self.rng, self.p, self.batch, self.device = rng, dropout, batch, device
         self.hidden = widths[:-1]
-        self.rows = max(batch, MASK_VALUES // max(widths) // batch * batch)
+        self.rows = mask_window_rows(batch, max(widths))
 
     def window(self, start: int, n_rows: int) -> list[torch.Tensor] | None:
         """The masks of rows [start, start + rows) of the epoch, one (rows, width) per hidden layer;
         None without dropout (the unfused step still draws its window's seed then)."""
         end = min(start + self.rows, n_rows)
-        if self.device.type == "cpu":
-            seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64, generator=self.rng.cpu))
-            generator = np.random.Generator(np.random.PCG64(seed))
-
-            def uniform(width: int) -> torch.Tensor:
-                return torch.from_numpy(generator.random((end - start, width), dtype=np.float32))
-
-        else:
-
-            def uniform(width: int) -> torch.Tensor:
-                return torch.rand(end - start, width, device=self.device, generator=self.rng.for_device())
-
+        generator = self.rng.cpu if self.device.type == "cpu" else self.rng.for_device()
+        uniform = uniform_source(self.device, generator)
         if self.p == 0:
             return None
-        return [uniform(width).ge_(self.p).mul_(1.0 / (1.0 - self.p)).to(self.device) for width in self.hidden]
+        return [uniform(end - start, width).ge_(self.p).mul_(1.0 / (1.0 - self.p)) for width in self.hidden]
 
 
 def bernoulli_mask(rng: MemberRng, dropout: float, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:

@@ -17,14 +17,10 @@ from typing import Any
 import torch
 
 from service.spec import Workload
-from worker.checkpoint import CheckpointError, config_digest, load_checkpoint
 from worker.data import Split
-from worker.divergence_guard import _Guard
 from worker.fused.masks import MemberRng, WindowMasks
 from worker.fused.stacked_models import dropout_of
-from worker.models import build_model
-from worker.optim import build_optimizer
-from worker.schedules import build_schedule
+from worker.trainer import build_run, checked_resume
 from worker.training_run import EpochResult, _Run
 
 
@@ -64,42 +60,25 @@ def new_member(
 ) -> Member:
     """The member for one trial, set up as `train(workload, hp, device)` would set its run up
     (same seed, same initial weights, same shuffle), without touching torch's global RNG."""
-    saved = None if resume is None else load_checkpoint(resume)
-    config = config_digest(workload, hp)
-    if saved is not None and saved["config"] != config:
-        raise CheckpointError("the checkpoint was made for other hyperparameters or another workload")
-    seed = workload.seed % 2**63
+    saved, config = checked_resume(resume, workload, hp)
     rng = MemberRng(device)
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        model = build_model(workload.model, data.input_shape, data.n_outputs, hp, workload.block).to(device)
+        torch.manual_seed(workload.seed % 2**63)
+        run = build_run(workload, hp, device, data, config)
+        # Only the initial weights drew from the global RNG: its state now is where the unfused
+        # run's dropout starts.
         rng.capture()
-        optimizer = build_optimizer(model.parameters(), hp)
         # Never stepped itself (the stack is): tell its LR schedule that steps happen, as torch's
         # own wrapper of step() would, or the schedule warns of the order at every epoch.
-        optimizer._opt_called = True  # type: ignore[attr-defined]
-        schedule = build_schedule(optimizer, hp, workload.epochs)
-        shuffle = torch.Generator(device=device)
-        shuffle.manual_seed(seed)
-        run = _Run(
-            workload=workload,
-            hp=hp,
-            device=device,
-            data=data,
-            model=model,
-            optimizer=optimizer,
-            schedule=schedule,
-            shuffle=shuffle,
-            guard=_Guard(workload.divergence_factor),
-            config=config,
-        )
+        run.optimizer._opt_called = True  # type: ignore[attr-defined]
         if saved is None:
             run.score_untrained()
         else:
             # _Run.restore sets the global RNG to the saved one: take it over from there.
             run.restore(saved)
             rng.capture()
+    model = run.model
     dropout = dropout_of(model)
     window = None
     if workload.model == "mlp":

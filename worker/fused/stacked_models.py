@@ -39,11 +39,9 @@ class StackedShape:
             layers = mlp_layers(model)
             if layers is None:
                 raise ValueError("only an mlp without batchnorm can be fused")
-            self.widths = [layer.linear.out_features for layer in layers]
             self.convs: list[_Conv] = []
         elif model_kind == "cnn":
             self.convs = _cnn_convs(model)
-            self.widths = []
         else:
             raise ValueError(f"model {model_kind!r} cannot be fused")
 

@@ -14,7 +14,7 @@ from optuna.storages import BaseStorage
 from optuna.study import StudyDirection
 from optuna.study._frozen import FrozenStudy
 from optuna.study._multi_objective import _get_pareto_front_trials_by_trials
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 __all__ = [
     "FrozenStudy",
@@ -35,6 +35,13 @@ SCRATCH_STUDY_LOGGER = "optuna.storages._in_memory"
 def trial_id(trial: FrozenTrial | optuna.trial.Trial) -> int:
     """The storage's id of a trial (Optuna shows only its number, per study)."""
     return trial._trial_id
+
+
+def next_waiting(storage: BaseStorage, optuna_study_id: int) -> FrozenTrial | None:
+    """The WAITING trial Study.ask() would pop next: Study._pop_waiting_trial_id takes the first
+    that get_all_trials lists (and moves on only if another process took it first)."""
+    waiting = storage.get_all_trials(optuna_study_id, deepcopy=False, states=(TrialState.WAITING,))
+    return waiting[0] if waiting else None
 
 
 def study_id(study: optuna.Study | optuna.study.StudySummary) -> int:
