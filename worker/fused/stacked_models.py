@@ -4,9 +4,10 @@ and a forward pass that runs all K in the same few kernels.
 The mlp's Linear layers become batched matrix products (baddbmm over (K, batch, features)); the
 cnn's convolutions become one grouped convolution (groups=K) over the members' channels side by
 side, which is how HFTA fuses convolutions. Each member sees its own inputs (its own data order)
-and its own dropout masks, so members may be at different epochs. Backward is autograd's, on
-the sum of the members' losses: each member's gradient is its own loss's, the members share
-nothing but kernels.
+and its own dropout masks, so members may be at different epochs. The cnn's backward is
+autograd's, on the sum of the members' losses: each member's gradient is its own loss's, the
+members share nothing but kernels. The mlp trains through worker/fused/stacked_mlp_step.py (the
+same forward, and its backward by hand); `forward` here also scores it on the validation set.
 
 The stack's order is the member's `model.parameters()` order, so member j's i-th parameter is
 `stack[i][j]`, and its nn.Module holds views of those slices (`stack_parameters`).

@@ -35,6 +35,7 @@ from worker.data import load_split
 from worker.divergence_guard import CHECK_EVERY, _Diverged
 from worker.fused.masks import bernoulli_mask
 from worker.fused.member import Member, new_member, result, snapshot
+from worker.fused.stacked_mlp_step import StackedMlpStep
 from worker.fused.stacked_models import StackedShape, stack_parameters
 from worker.fused.stacked_optim import StackedOptimizer, clip_per_member
 from worker.scoring import _eval_chunk
@@ -60,6 +61,7 @@ class FusedTraining:
         self._params: list[torch.Tensor] = []
         self._optimizer: StackedOptimizer | None = None
         self._shape: StackedShape | None = None
+        self._mlp_step: StackedMlpStep | None = None  # the mlp's forward and backward by hand
 
     # -- membership (between epochs) ------------------------------------------------------------
 
@@ -112,6 +114,9 @@ class FusedTraining:
             if id(m) in old_rows and old_opt is not None:
                 m.exported = old_opt.export(old_rows[id(m)])
         self._params = stack_parameters([m.run.model for m in members])
+        if self.workload.model == "mlp":
+            data = self.data
+            self._mlp_step = StackedMlpStep(self._params, classify=data.task == "classification", n_outputs=data.n_outputs)
         first = members[0].run.hp
         self._optimizer = StackedOptimizer(first["optimizer"], self._params, nesterov=bool(first.get("nesterov")))
         for j, m in enumerate(members):
@@ -150,6 +155,9 @@ class FusedTraining:
         )
         x_epoch, y_epoch = data.x_train[orders], data.y_train[orders]
         classify = data.task == "classification"
+        by_hand = self._mlp_step
+        if by_hand is not None:
+            by_hand.start_epoch(y_epoch, batch)
         window_masks: list[torch.Tensor | None] = []
         window_start = window_end = 0
         pending: list[torch.Tensor] = []
@@ -165,15 +173,18 @@ class FusedTraining:
                 masks = [None if w is None else w[:, offset : offset + b] for w in window_masks]
             else:
                 masks = [self._cnn_masks(members, b, int(params[-2].shape[-1]))]
-            out = shape.forward(params, xb, masks)
-            if classify:
-                losses = F.cross_entropy(out.flatten(0, 1), yb.flatten(), reduction="none").view(k, b).mean(1)
+            if by_hand is not None:
+                losses = by_hand.backward(xb, yb, start, masks)
             else:
-                losses = (out - yb).square().flatten(1).mean(1)
-            for p in params:
-                if p.grad is not None:
-                    p.grad.zero_()  # in place: the optimizer holds views of the gradients
-            losses.sum().backward()
+                out = shape.forward(params, xb, masks)
+                if classify:
+                    losses = F.cross_entropy(out.flatten(0, 1), yb.flatten(), reduction="none").view(k, b).mean(1)
+                else:
+                    losses = (out - yb).square().flatten(1).mean(1)
+                for p in params:
+                    if p.grad is not None:
+                        p.grad.zero_()  # in place: the optimizer holds views of the gradients
+                losses.sum().backward()
             if clipping:
                 clip_per_member([p.grad for p in params], clips)
             optimizer.step()
