@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from service.spec.fusion import MAX_GROUP
 from worker.device import pick_device
 from worker.settings import WorkerSettings, default_worker_id
 
@@ -33,7 +34,7 @@ def worker(
         Optional[int],
         typer.Option(
             min=1,
-            max=64,
+            max=MAX_GROUP,
             help="Train up to K trials of one shape at once as one batched model (built-in mlp and cnn; "
             "README: Fused trials; env HPO_FUSE; default 1: one at a time)",
         ),

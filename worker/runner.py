@@ -172,7 +172,7 @@ class Runner:
         if self.fuse > 1:
             return self.client.claim_group(self.worker_id, self.studies, min(self.fuse, left or self.fuse))
         assignment = self.client.claim(self.worker_id, self.studies)
-        return None if assignment is None else ([assignment], "")
+        return None if assignment is None else ([assignment], None)
 
     def run_trial(self, a: Assignment) -> TrialOutcome:
         started = time.monotonic()

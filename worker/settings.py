@@ -10,6 +10,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.spec.fusion import MAX_GROUP
+
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
@@ -26,7 +28,7 @@ class WorkerSettings(BaseSettings):
     # Trials run at once on the device, each in a process of its own (worker/slots.py).
     slots: int = Field(1, ge=1)
     # Trials trained at once as one batched model (worker/fused/); 1: not fused.
-    fuse: int = Field(1, ge=1, le=64)
+    fuse: int = Field(1, ge=1, le=MAX_GROUP)
     request_timeout: float = 30.0
     # Where datasets are read from and downloaded to (passed to the trainer and to user workloads).
     data_root: Path | None = None

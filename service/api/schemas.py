@@ -10,6 +10,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from service.db.models import ROLES
 from service.spec import NAME_PATTERN, NAME_RULE, Assignment, FinishState
+from service.spec.fusion import MAX_GROUP
 from service.spec.limits import bad_text, clean_text
 
 Role = Literal[ROLES]  # type: ignore[valid-type]
@@ -206,7 +207,7 @@ class GroupMember(LeaseRequest):
 
 
 class ClaimGroupRequest(ClaimRequest):
-    max_trials: int = Field(ge=1, le=64, description="the most trials to claim at once (a worker's --fuse K)")
+    max_trials: int = Field(ge=1, le=MAX_GROUP, description="the most trials to claim at once (a worker's --fuse K)")
     like: GroupMember | None = Field(
         None,
         description="a running trial of this worker's group (its id and lease): claim only trials that fuse with it, "

@@ -73,11 +73,10 @@ async def claim_group(body: ClaimGroupRequest, runtime: RuntimeDep, call: Worker
         return group_claims.claim_group(*args, body.studies, body.worker_id, runtime.settings, body.max_trials)
 
     group = await call.run(work)
-    for _ in group.assignments if group is not None else ():
-        metrics.CLAIMS.labels(outcome="assigned").inc()
     if group is None:
         metrics.CLAIMS.labels(outcome="no_work").inc()
         return Response(status_code=204)
+    metrics.CLAIMS.labels(outcome="assigned").inc(len(group.assignments))
     return GroupAssignment(assignments=group.assignments, alone=group.alone)
 
 

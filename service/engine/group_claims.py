@@ -33,8 +33,6 @@ from service.settings import Settings
 from service.spec import Assignment, StudySpec, defaults_for
 from service.spec.fusion import group_params, not_fusable
 
-# The largest group a worker may ask for: 64 stacked copies of the built-in models fit any device.
-MAX_GROUP = 64
 _WHOLE_POINTS = ("grid", "bruteforce")
 
 
@@ -66,7 +64,7 @@ def claim_group(
     record = session.get(StudyRecord, study_id)
     assert record is not None
     spec = spec_of(record)
-    alone = _alone(spec, first)
+    alone = _why_alone(spec, first.params)
     if alone is not None or max_trials == 1:
         return Group([first], alone)
     pinned = _shape_of(spec, first.params)
@@ -87,16 +85,12 @@ def refill(
     caller must hold it; else NotFound, Gone or LeaseLost, as any call on a trial)."""
     trial_id, lease_id = like
     held = leases.live_lease(session, team, trial_id, lease_id)
-    study_id = held.record.id
-    record = session.get(StudyRecord, study_id)
-    assert record is not None
-    spec = spec_of(record)
+    assert isinstance(held.record, StudyRecord)  # lock_lease's ORM row
+    study_id, spec = held.record.id, spec_of(held.record)
     with optuna_errors():
         params = storage.get_trial_params(trial_id)
     session.commit()  # the lease's row lock goes before a claim locks the study's row
-    if spec.kind == "lr_finder" or not_fusable(spec.workload, _full(spec, params)) is not None:
-        return None
-    if spec.sampler.kind in _WHOLE_POINTS and _shape_of(spec, params):
+    if _why_alone(spec, params) is not None:
         return None
     found = _more(session, storage, state, study_id, spec, _shape_of(spec, params), worker_id, settings, max_trials)
     return Group(found) if found else None
@@ -133,13 +127,15 @@ def _more(
     return found
 
 
-def _alone(spec: StudySpec, first: Assignment) -> str | None:
-    if first.task != "train":
+def _why_alone(spec: StudySpec, params: dict[str, Any]) -> str | None:
+    """Why a trial of the study with these params trains alone; None if others can join it."""
+    if spec.kind == "lr_finder":
         return "an LR range test runs alone"
-    why = not_fusable(first.workload, first.hyperparameters())
+    # Its hyperparameters as the worker sees them (Assignment.hyperparameters).
+    why = not_fusable(spec.workload, {**defaults_for(spec.workload.model), **spec.workload.fixed, **params})
     if why is not None:
         return why
-    if spec.sampler.kind in _WHOLE_POINTS and _shape_of(spec, first.params):
+    if spec.sampler.kind in _WHOLE_POINTS and _shape_of(spec, params):
         return f"the {spec.sampler.kind} sampler picks whole points, so a group's shape cannot be pinned"
     return None
 
@@ -147,8 +143,3 @@ def _alone(spec: StudySpec, first: Assignment) -> str | None:
 def _shape_of(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any]:
     """The searched params a group's members must share."""
     return {name: params[name] for name in group_params(spec.workload.model) if name in params}
-
-
-def _full(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any]:
-    """A trial's hyperparameters as the worker sees them (Assignment.hyperparameters)."""
-    return {**defaults_for(spec.workload.model), **spec.workload.fixed, **params}

@@ -25,6 +25,8 @@ from typing import Any
 
 from service.spec.workload import Workload
 
+# The largest group a worker may ask for (--fuse K, claim-group's max_trials).
+MAX_GROUP = 64
 # The optimizers worker/fused/stacked_optim.py steps with one value per member.
 FUSED_OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta", "adamax", "nadam")
 # The hyperparameters that shape a model's tensors or its update rule, per built-in model: equal
