@@ -17,21 +17,20 @@ differs from this worker's) keeps its lease and trains alone once the group is d
 from __future__ import annotations
 
 import logging
-import math
 import time
 import traceback
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
 from service.spec import Assignment
-from worker.checkpoint import CheckpointError
 from worker.client import LeaseLost
 from worker.device import release_device_memory
 from worker.outbox import Outbox
-from worker.workloads import TrialOutcome, describe, failure_reason
-from worker.workloads.builtin import _fetch_checkpoint, _Progress
-
 from worker.fused.trainer import FusedTraining
+from worker.training_run import EpochResult
+from worker.workloads import TrialOutcome, describe, failure_reason
+from worker.workloads.builtin import _Progress, epoch_outcome, start_resumed
 
 if TYPE_CHECKING:
     from worker.runner import LeaseKeeper, Runner
@@ -64,16 +63,16 @@ class GroupRun:
         runner = self.runner
         try:
             self.training = FusedTraining(claimed[0].workload, runner.device, data_root=runner.data_root)
-            for a in claimed:
-                self._join(a)
+            seats = [self._seat(a) for a in claimed]
+            for seat in seats:
+                self._join(seat)
             while self.seats:
                 results = self.training.run_epoch()
                 for trial_id, result in results.items():
                     self._after_epoch(self.seats[trial_id], result)
                 if runner.stop.is_set():
                     for seat in list(self.seats.values()):
-                        why = f"worker stopped by signal after epoch {seat.progress.epochs}"
-                        self._end(seat, seat.progress.outcome("failed", why, "interrupted"))
+                        self._end(seat, seat.progress.interrupted())
                     break
                 self._refill()
         except Exception as exc:  # the training failed: every member fails with it
@@ -93,9 +92,9 @@ class GroupRun:
             runner.run_trial(seat.a)
         return self.handled
 
-    def _join(self, a: Assignment) -> None:
-        runner, training = self.runner, self.training
-        assert training is not None
+    def _seat(self, a: Assignment) -> _Seat:
+        """Hold a claimed trial: its lease kept alive from now on."""
+        runner = self.runner
         seat = _Seat(
             a,
             Outbox(runner.client, a, worker_id=runner.worker_id, ack_log=runner.ack_log, first_delay=runner.retry_delay),
@@ -103,54 +102,50 @@ class GroupRun:
             _Progress(a.direction),
         )
         seat.lease.start()
+        self.seats[a.trial_id] = seat
+        return seat
+
+    def _join(self, seat: _Seat) -> None:
+        """The held trial joins the training, from its checkpoint if it is a retry that has one."""
+        runner, training, a = self.runner, self.training, seat.a
+        assert training is not None
+
+        def add(resume: bytes | None) -> None:
+            training.add(a.trial_id, a.hyperparameters(), resume=resume)
+
         try:
-            resume = _fetch_checkpoint(a, runner.client)
+            start_resumed(a, runner.client, add, where=" in a fused group")
         except LeaseLost:
-            seat.lease.stop()
-            self.handled += 1
+            self._leave(seat, TrialOutcome(None, error="lease lost"))
             return
-        try:
-            try:
-                training.add(a.trial_id, a.hyperparameters(), resume=None if resume is None else resume[1])
-                if resume is not None:
-                    log.info("resumed trial #%d (attempt %d, retry of #%s) from step %d in a fused group", a.number, a.attempt, a.retry_of, resume[0])
-            except CheckpointError as exc:
-                log.warning("trial %s#%d: cannot resume from step %d (%s); training from scratch", a.study, a.number, resume[0] if resume else -1, exc)
-                training.add(a.trial_id, a.hyperparameters())
         except ValueError as exc:  # not fusable with this group after all
             log.warning("trial %s#%d trains alone after its group: %s", a.study, a.number, exc)
+            self.seats.pop(a.trial_id)
             self.leftovers.append(seat)
             return
-        self.seats[a.trial_id] = seat
         seat.progress.started(training, runner.device)
         for earlier in training.members[a.trial_id].run.history:
             seat.progress.add(earlier, timed=False)  # the epochs before the checkpoint count
 
-    def _after_epoch(self, seat: _Seat, result: object) -> None:
-        """What run_builtin does with one epoch's result, for one member."""
-        training = self.training
+    def _after_epoch(self, seat: _Seat, result: EpochResult) -> None:
+        """One member's epoch, as run_builtin takes one (epoch_outcome); a member that has run
+        its last epoch has left the training and completes."""
+        training, a = self.training, seat.a
         assert training is not None
-        a, progress = seat.a, seat.progress
-        loss = result.val_loss  # type: ignore[attr-defined]
-        diverged = getattr(result, "diverged", None)
-        if diverged or not math.isfinite(loss):
-            progress.add(result, count_loss=False)
-            why = diverged or f"validation loss is {loss} at epoch {result.epoch}"  # type: ignore[attr-defined]
-            self._end(seat, progress.outcome("pruned", f"diverged: {why}", "diverged"))
-            return
-        progress.add(result)
-        data = training.checkpoint(a.trial_id) if a.workload.checkpoint and seat.outbox.checkpoints else None
+        checkpoint = partial(training.checkpoint, a.trial_id) if a.workload.checkpoint else None
         try:
-            prune = seat.outbox.send(result.epoch, loss, data)  # type: ignore[attr-defined]
+            ended = epoch_outcome(result, seat.progress, seat.outbox, checkpoint, seat.lease.lost)
         except LeaseLost:
             self._leave(seat, TrialOutcome(None, error="lease lost"))
             return
-        if seat.lease.lost.is_set():
-            self._leave(seat, progress.outcome(None, "lease lost"))
-        elif prune:
-            self._end(seat, progress.outcome("pruned"))
-        elif a.trial_id not in training.members:  # its last epoch
-            self._end(seat, progress.outcome("complete"))
+        if ended is None and a.trial_id not in training.members:
+            ended = seat.progress.outcome("complete")
+        if ended is None:
+            return
+        if ended.state is None:
+            self._leave(seat, ended)
+        else:
+            self._end(seat, ended)
 
     def _end(self, seat: _Seat, outcome: TrialOutcome) -> None:
         try:
@@ -181,4 +176,4 @@ class GroupRun:
             log.debug("refill failed: %s", exc)
             return
         for a in claimed[0] if claimed is not None else ():
-            self._join(a)
+            self._join(self._seat(a))

@@ -19,7 +19,8 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from service.spec import Assignment
 from worker.device import release_device_memory
@@ -28,6 +29,7 @@ from worker.outbox import Outbox
 from worker.workloads import TrialOutcome, describe, failure_reason, finite_metrics
 
 log = logging.getLogger("hpo.worker")
+T = TypeVar("T")
 
 
 class _Progress:
@@ -90,6 +92,56 @@ class _Progress:
     def outcome(self, state: Any, error: str | None = None, reason: str | None = None) -> TrialOutcome:
         return TrialOutcome(state, self.best, error, self.epochs, reason, self.metrics())
 
+    def interrupted(self) -> TrialOutcome:
+        """Failed, so that the service hands the trial out again: the worker was told to stop."""
+        return self.outcome("failed", f"worker stopped by signal after epoch {self.epochs}", "interrupted")
+
+
+def epoch_outcome(
+    result: Any, progress: _Progress, outbox: Outbox, checkpoint: Callable[[], bytes] | None, lease_lost: Any
+) -> TrialOutcome | None:
+    """One epoch's result of a built-in trial: counted, reported through `outbox` (with
+    `checkpoint()`'s bytes when given and the outbox takes them), and the outcome that ends the
+    trial at this epoch (diverged, pruned, its lease lost), or None to train on. Raises LeaseLost."""
+    loss = result.val_loss
+    diverged = getattr(result, "diverged", None)
+    if diverged or not math.isfinite(loss):
+        # A dead run gets no more device time (HYPERPARAMETERS.md: usually too high an LR).
+        # Its loss is not reported: the guard may have cut the epoch short (the loss is
+        # then a training loss), and NaN/inf is neither rankable nor valid JSON.
+        progress.add(result, count_loss=False)
+        why = diverged or f"validation loss is {loss} at epoch {result.epoch}"
+        return progress.outcome("pruned", f"diverged: {why}", "diverged")
+    progress.add(result)
+    data = checkpoint() if checkpoint is not None and outbox.checkpoints else None
+    prune = outbox.send(result.epoch, loss, data)
+    if lease_lost.is_set():
+        return progress.outcome(None, "lease lost")
+    if prune:
+        return progress.outcome("pruned")
+    return None
+
+
+def start_resumed(a: Assignment, client: ServiceClient, start: Callable[[bytes | None], T], where: str = "") -> T:
+    """start(checkpoint bytes) for a retried trial whose lineage saved a checkpoint, else
+    start(None); a checkpoint that cannot be resumed from (CheckpointError) means start(None),
+    training from scratch. `where` ends the log line of a resume. Raises LeaseLost."""
+    from worker.checkpoint import CheckpointError  # torch is imported only once there is work
+
+    resume = _fetch_checkpoint(a, client)
+    if resume is not None:
+        try:
+            started = start(resume[1])
+        except CheckpointError as exc:
+            log.warning("trial %s#%d: cannot resume from step %d (%s); training from scratch", a.study, a.number, resume[0], exc)
+        else:
+            log.info(
+                "resumed trial #%d (attempt %d, retry of #%s) from step %d%s",
+                a.number, a.attempt, a.retry_of if a.retry_of is not None else "-", resume[0], where,
+            )
+            return started
+    return start(None)
+
 
 def _peak_memory_mb(device: str) -> float | None:
     """The trial's peak memory: CUDA's allocator peak on a GPU, else the worker process's peak
@@ -118,7 +170,7 @@ def run_builtin(
 ) -> TrialOutcome:
     """Train `a`, reporting every epoch through `outbox` (one of its own if not given: then
     whatever is still queued at the end is the caller's loss). Raises LeaseLost."""
-    from worker.trainer import CheckpointError, train  # torch is imported only once there is work
+    from worker.trainer import train  # torch is imported only once there is work
 
     outbox = outbox if outbox is not None else Outbox(client, a)
     progress = _Progress(a.direction)
@@ -126,21 +178,13 @@ def run_builtin(
     extra: dict[str, Any] = {} if data_root is None else {"data_root": data_root}
     results = None
     oom = False
+
+    def start(resume: bytes | None) -> Any:
+        # `resume` only when there is one, like data_root.
+        return train(a.workload, a.hyperparameters(), device, **extra, **({} if resume is None else {"resume": resume}))
+
     try:
-        resume = _fetch_checkpoint(a, client)
-        if resume is not None:
-            try:
-                results = train(a.workload, a.hyperparameters(), device, resume=resume[1], **extra)
-            except CheckpointError as exc:
-                log.warning("trial %s#%d: cannot resume from step %d (%s); training from scratch", a.study, a.number, resume[0], exc)
-        if results is None:
-            results = train(a.workload, a.hyperparameters(), device, **extra)
-        resumed_from = getattr(results, "resumed_from", None)
-        if resumed_from is not None:
-            log.info(
-                "resumed trial #%d (attempt %d, retry of #%s) from step %d",
-                a.number, a.attempt, a.retry_of if a.retry_of is not None else "-", resumed_from,
-            )
+        results = start_resumed(a, client, start)
         progress.started(results, device)
         for earlier in getattr(results, "history", ()):
             progress.add(earlier, timed=False)  # the epochs before the checkpoint count towards best and metrics
@@ -148,24 +192,11 @@ def run_builtin(
         # double of the trainer may have none).
         checkpoint = getattr(results, "checkpoint", None) if a.workload.checkpoint else None
         for result in results:
-            loss = result.val_loss
-            diverged = getattr(result, "diverged", None)
-            if diverged or not math.isfinite(loss):
-                # A dead run gets no more device time (HYPERPARAMETERS.md: usually too high an LR).
-                # Its loss is not reported: the guard may have cut the epoch short (the loss is
-                # then a training loss), and NaN/inf is neither rankable nor valid JSON.
-                progress.add(result, count_loss=False)
-                why = diverged or f"validation loss is {loss} at epoch {result.epoch}"
-                return progress.outcome("pruned", f"diverged: {why}", "diverged")
-            progress.add(result)
-            data = checkpoint() if checkpoint is not None and outbox.checkpoints else None
-            prune = outbox.send(result.epoch, loss, data)
-            if lease_lost.is_set():
-                return progress.outcome(None, "lease lost")
-            if prune:
-                return progress.outcome("pruned")
+            ended = epoch_outcome(result, progress, outbox, checkpoint, lease_lost)
+            if ended is not None:
+                return ended
             if stop.is_set():
-                return progress.outcome("failed", f"worker stopped by signal after epoch {progress.epochs}", "interrupted")
+                return progress.interrupted()
     except LeaseLost:
         raise
     except Exception as exc:  # one broken trial must not take the worker down
