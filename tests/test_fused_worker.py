@@ -139,3 +139,32 @@ def test_sigkill_mid_group_retries_every_member_from_its_checkpoint(
     assert {int(n) for n, _ in resumed} == {t["number"] for t in retries}, second[-3000:]
     # Each retry trained fused again.
     assert set(fused_lines(second_log)) == {t["number"] for t in retries}
+
+
+def test_a_group_that_cannot_start_fails_every_member_with_the_reason(
+    db_url: str, make_token: Any, team: str, tmp_path: Path
+) -> None:
+    # The data cannot be read: the group's training fails before any member has joined it.
+    server = LiveServer(db_url, HPO_HEARTBEAT_SECONDS="1", HPO_LEASE_SECONDS="30")
+    token = make_token(team)
+    definition = digits_definition(
+        "fused-nodata",
+        workload={"model": "mlp", "dataset": {"kind": "npz", "path": "missing.npz"}, "epochs": 2},
+        space={"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
+        budget={"n_trials": 4, "max_concurrent": 4, "max_retries": 0},
+    )
+    worker = None
+    try:
+        with server.client(token) as c:
+            assert c.post("/api/v1/studies", json=definition).status_code == 201
+            worker = start_worker(server, token, "fz-nodata", tmp_path / "worker.log", "--exit-when-idle", "3", "--data-root", str(tmp_path))
+            # Finished by the worker at once, not left to their leases (30 s) and the reaper.
+            wait_for(lambda: c.get("/api/v1/studies/fused-nodata").json()["state"] == "finished", 25, "the study did not finish")
+            assert worker.wait(timeout=60) == 0
+            trials = c.get("/api/v1/studies/fused-nodata/trials").json()["trials"]
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.kill()
+        server.stop()
+    assert len(trials) == 4
+    assert {(t["state"], t["reason"]) for t in trials} == {("FAIL", "data")}, [(t["state"], t["reason"], t["error"]) for t in trials]

@@ -62,8 +62,10 @@ class GroupRun:
         """Train the group until every member has ended; the number of trials it handled."""
         runner = self.runner
         try:
-            self.training = FusedTraining(claimed[0].workload, runner.device, data_root=runner.data_root)
+            # Every claimed trial is held (its lease kept) before anything can fail, so that a
+            # failure below ends each of them, not only those that had joined.
             seats = [self._seat(a) for a in claimed]
+            self.training = FusedTraining(claimed[0].workload, runner.device, data_root=runner.data_root)
             for seat in seats:
                 self._join(seat)
             while self.seats:
