@@ -206,14 +206,21 @@ class _Run:
                 initial_val_loss=initial_val_loss,
             )
             initial_val_loss = None
-            if not math.isfinite(val_loss):
-                result.diverged = f"validation loss is {val_loss} at epoch {epoch}"
+            if not self.end_epoch(result):
                 yield result
                 return
-            if epoch < workload.epochs:
-                # The next epoch's LR, set before the yield so the caller sees a finished epoch.
-                self.schedule.epoch_end(val_loss)
-            # What a checkpoint taken now saves: this epoch is done.
-            self.epoch = epoch
-            self.history.append(EpochResult(epoch, val_loss, result.train_loss, result.val_accuracy, lr))
             yield result
+
+    def end_epoch(self, result: EpochResult) -> bool:
+        """Book a finished epoch (before its result is handed out, so the caller sees it done):
+        the LR schedule moves to the next epoch's LR, and the run's epoch and history advance to
+        what a checkpoint taken now saves. False, with `result.diverged` set and nothing booked,
+        when the validation loss is not finite. (The fused trainer books its members' epochs here too.)"""
+        if not math.isfinite(result.val_loss):
+            result.diverged = f"validation loss is {result.val_loss} at epoch {result.epoch}"
+            return False
+        if result.epoch < self.workload.epochs:
+            self.schedule.epoch_end(result.val_loss)
+        self.epoch = result.epoch
+        self.history.append(EpochResult(result.epoch, result.val_loss, result.train_loss, result.val_accuracy, result.lr))
+        return True

@@ -22,7 +22,6 @@ then compacted, and rebuilt whenever the members change.
 from __future__ import annotations
 
 import io
-import math
 from pathlib import Path
 from typing import Any
 
@@ -265,23 +264,13 @@ class FusedTraining:
                 results[m.key] = result(m, val_loss=loss, train_loss=train_loss, val_accuracy=None, diverged=reason)
                 self.members.pop(m.key, None)
                 continue
-            val_loss = val_sums[j] / n_val
-            epoch = run.epoch + 1
             out = result(
                 m,
-                val_loss=val_loss,
+                val_loss=val_sums[j] / n_val,
                 train_loss=run.guard.loss_sum / run.guard.samples,
                 val_accuracy=corrects[j] / n_val if classify else None,
             )
             results[m.key] = out
-            if not math.isfinite(val_loss):
-                out.diverged = f"validation loss is {val_loss} at epoch {epoch}"
-                self.members.pop(m.key, None)
-                continue
-            if epoch < run.workload.epochs:
-                run.schedule.epoch_end(val_loss)
-            run.epoch = epoch
-            run.history.append(EpochResult(epoch, val_loss, out.train_loss, out.val_accuracy, m.lr))
-            if m.finished:
+            if not run.end_epoch(out) or m.finished:
                 self.members.pop(m.key, None)
         return results
