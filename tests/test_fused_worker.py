@@ -31,6 +31,26 @@ def fused_lines(log: Path) -> dict[int, tuple[str, str | None, int]]:
     return {int(m[2]): (m[3], m[4], int(m[5])) for m in LINE.finditer(log.read_text())}
 
 
+def run_study(
+    server: LiveServer, token: str, definition: dict[str, Any], log: Path, timeout: float, *worker_args: str
+) -> list[dict[str, Any]]:
+    """Create the study, run one `--fuse 4` worker until the study is finished (within `timeout`
+    seconds) and the worker has exited 0; the study's trials. Stops the server."""
+    name = definition["name"]
+    worker = None
+    try:
+        with server.client(token) as c:
+            assert c.post("/api/v1/studies", json=definition).status_code == 201
+            worker = start_worker(server, token, f"fz-{name}", log, "--exit-when-idle", "3", *worker_args)
+            wait_for(lambda: c.get(f"/api/v1/studies/{name}").json()["state"] == "finished", timeout, "the study did not finish")
+            assert worker.wait(timeout=60) == 0
+            return c.get(f"/api/v1/studies/{name}/trials").json()["trials"]
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.kill()
+        server.stop()
+
+
 def test_a_fused_worker_runs_each_member_as_its_own_trial(db_url: str, make_token: Any, team: str, tmp_path: Path) -> None:
     server = LiveServer(db_url, HPO_HEARTBEAT_SECONDS="1", HPO_LEASE_SECONDS="30", HPO_ARTIFACT_DIR=str(tmp_path / "artifacts"))
     token = make_token(team)
@@ -47,18 +67,7 @@ def test_a_fused_worker_runs_each_member_as_its_own_trial(db_url: str, make_toke
         budget={"n_trials": 12, "max_concurrent": 4},
     )
     log = tmp_path / "worker.log"
-    worker = None
-    try:
-        with server.client(token) as c:
-            assert c.post("/api/v1/studies", json=definition).status_code == 201
-            worker = start_worker(server, token, "fz", log, "--exit-when-idle", "3")
-            wait_for(lambda: c.get("/api/v1/studies/fused").json()["state"] == "finished", 300, "the study did not finish")
-            assert worker.wait(timeout=60) == 0
-            trials = c.get("/api/v1/studies/fused/trials").json()["trials"]
-    finally:
-        if worker is not None and worker.poll() is None:
-            worker.kill()
-        server.stop()
+    trials = run_study(server, token, definition, log, 300)
 
     assert len(trials) == 12 and {t["state"] for t in trials} <= {"COMPLETE", "PRUNED"}
     lines = fused_lines(log)
@@ -153,18 +162,7 @@ def test_a_group_that_cannot_start_fails_every_member_with_the_reason(
         space={"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
         budget={"n_trials": 4, "max_concurrent": 4, "max_retries": 0},
     )
-    worker = None
-    try:
-        with server.client(token) as c:
-            assert c.post("/api/v1/studies", json=definition).status_code == 201
-            worker = start_worker(server, token, "fz-nodata", tmp_path / "worker.log", "--exit-when-idle", "3", "--data-root", str(tmp_path))
-            # Finished by the worker at once, not left to their leases (30 s) and the reaper.
-            wait_for(lambda: c.get("/api/v1/studies/fused-nodata").json()["state"] == "finished", 25, "the study did not finish")
-            assert worker.wait(timeout=60) == 0
-            trials = c.get("/api/v1/studies/fused-nodata/trials").json()["trials"]
-    finally:
-        if worker is not None and worker.poll() is None:
-            worker.kill()
-        server.stop()
+    # Finished by the worker at once (within 25 s), not left to their leases (30 s) and the reaper.
+    trials = run_study(server, token, definition, tmp_path / "worker.log", 25, "--data-root", str(tmp_path))
     assert len(trials) == 4
     assert {(t["state"], t["reason"]) for t in trials} == {("FAIL", "data")}, [(t["state"], t["reason"], t["error"]) for t in trials]

@@ -157,8 +157,8 @@ class StackedOptimizer:
         if self._member_views is not None and self._member_views[0][1][0].data_ptr() != self.params[0].grad[0].data_ptr():
             self._member_views = None  # the gradients were replaced, not zeroed: views of the new ones
         if self._member_views is None:
-            # Views of each member's slices, made once per stack: the gradients too, which the
-            # trainer zeroes in place rather than replacing (FusedTraining.run_epoch).
+            # Views of each member's slices, made once per stack: the gradients too, which stay
+            # the same tensors (the mlp's step writes into them, the cnn's are zeroed in place).
             tensors = [
                 [p.detach() for p in self.params],
                 [p.grad for p in self.params],
