@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import multiprocessing as mp
 import os
 import random
 import sys
@@ -45,6 +44,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from bench._slots import SlotPool  # noqa: E402
 
 BARRIER_TIMEOUT = 600.0
 
@@ -105,7 +106,7 @@ def fused(shape: str, hps: list[dict[str, Any]], epochs: int, device: str) -> in
     return done
 
 
-def slot_main(device: str, commands: Any, barriers: dict[int, Any], results: Any) -> None:
+def slot_main(_slot: int, device: str, commands: Any, barriers: dict[int, Any], results: Any) -> None:
     """A trial slot (a child process): for each (model, slots, hps, epochs) warm up, wait for the
     other slots, train its share one after another, put the trial-epochs on `results`."""
     import torch
@@ -121,15 +122,11 @@ def slot_main(device: str, commands: Any, barriers: dict[int, Any], results: Any
             results.put((0, f"{type(exc).__name__}: {exc}"))
 
 
-class Slots:
+class Slots(SlotPool):
+    """Up to --slots slot processes (bench/_slots.py), started once for the whole run."""
+
     def __init__(self, n: int, device: str) -> None:
-        ctx = mp.get_context("spawn")
-        self.barriers = {k: ctx.Barrier(k + 1) for k in range(1, n + 1)}
-        self.commands = [ctx.Queue() for _ in range(n)]
-        self.results = ctx.Queue()
-        self.procs = [ctx.Process(target=slot_main, args=(device, q, self.barriers, self.results), daemon=True) for q in self.commands]
-        for p in self.procs:
-            p.start()
+        super().__init__(n, slot_main, device)
 
     def run(self, model: str, hps: list[dict[str, Any]], epochs: int) -> tuple[int, float]:
         """(trial-epochs, seconds) of the trials shared round-robin over min(K, slots) slots."""
@@ -144,14 +141,6 @@ class Slots:
         if errors:
             raise RuntimeError("; ".join(errors))
         return sum(c for c, _ in got), seconds
-
-    def close(self) -> None:
-        for q in self.commands:
-            q.put(None)
-        for p in self.procs:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.terminate()
 
 
 def timed(work: Any, *args: Any) -> tuple[int, float]:

@@ -38,7 +38,6 @@ Prints a table and ONE summary line:
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import shutil
 import statistics
@@ -53,6 +52,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from bench._slots import SlotPool  # noqa: E402
 
 BARRIER_TIMEOUT = 600.0  # seconds for every slot to import torch, start CUDA and warm up
 
@@ -190,21 +191,12 @@ class Row:
         return self.trials / self.seconds * 3600
 
 
-class Slots:
-    """max(--slots) slot processes (multiprocessing, spawn), started once: a configuration with
-    N slots runs on the first N of them while the others wait idle on their command queues."""
+class Slots(SlotPool):
+    """max(--slots) slot processes (bench/_slots.py): a configuration with N slots runs on the
+    first N of them while the others wait idle on their command queues."""
 
     def __init__(self, n: int, device: str) -> None:
-        ctx = mp.get_context("spawn")
-        self.barriers = {k: ctx.Barrier(k + 1) for k in range(1, n + 1)}
-        self.commands = [ctx.Queue() for _ in range(n)]
-        self.results = ctx.Queue()
-        self.procs = [
-            ctx.Process(target=slot_main, args=(i, device, self.commands[i], self.barriers, self.results), daemon=True)
-            for i in range(n)
-        ]
-        for p in self.procs:
-            p.start()
+        super().__init__(n, slot_main, device)
 
     def measure(self, model: str, slots: int, args: argparse.Namespace, gpu_index: int | None) -> Row:
         for q in self.commands[:slots]:
@@ -233,16 +225,6 @@ class Slots:
         memory = max(sampler.memory) if sampler is not None and sampler.memory else None
         trials = sum(max(n, 0) for _, n, _, _ in got)
         return Row(model, slots, trials, sum(e for _, _, e, _ in got), args.seconds, util, memory, errors)
-
-    def close(self) -> None:
-        for q, p in zip(self.commands, self.procs):
-            if p.is_alive():
-                q.put(None)
-        for p in self.procs:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.terminate()  # only our own children
-                p.join()
 
 
 def _pct(value: float | None) -> str:
